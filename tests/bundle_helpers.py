@@ -1,0 +1,46 @@
+"""Helpers for the bundle tests: run a bundle's configs the way model-zoo CI does, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+SCHEMA = ROOT / "common" / "schema" / "meta_schema_20240725.json"
+
+
+def bundle_dir(name: str) -> Path:
+    return BUNDLES / name
+
+
+def all_bundles() -> list[str]:
+    return sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").exists())
+
+
+def run_workflow(bundle: str, configs: list[str], workflow_type: str, bundle_root: Path, **override) -> ConfigWorkflow:
+    """initialize, check_properties() == [], run, finalize; returns the workflow for inspection."""
+    d = bundle_dir(bundle) / "configs"
+    files = [str(d / c) for c in configs]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(d / "metadata.json"),
+        logging_file=str(d / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        **override,
+    )
+    wf.initialize()
+    missing = wf.check_properties()
+    assert missing == [] or missing is None, f"missing bundle properties: {missing}"
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        return json.load(f)
