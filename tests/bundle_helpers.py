@@ -21,9 +21,15 @@ def all_bundles() -> list[str]:
     return sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").exists())
 
 
-def run_workflow(bundle: str, configs: list[str], workflow_type: str, bundle_root: Path, **override) -> ConfigWorkflow:
-    """initialize, check_properties() == [], run, finalize; returns the workflow for inspection."""
-    d = bundle_dir(bundle) / "configs"
+def run_workflow(
+    bundle: str, configs: list[str], workflow_type: str, bundle_root: Path, configs_dir: Path | None = None, **override
+) -> ConfigWorkflow:
+    """initialize, check_properties() == [], run, finalize; returns the workflow for inspection.
+
+    ``configs_dir`` runs a copy of the bundle's configs (e.g. after a command rewrote them) instead of the
+    committed ones.
+    """
+    d = Path(configs_dir) if configs_dir is not None else bundle_dir(bundle) / "configs"
     files = [str(d / c) for c in configs]
     wf = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
