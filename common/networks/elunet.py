@@ -107,6 +107,8 @@ class ELUNet(nn.Module):
         norm: normalisation of the double-conv nodes. Batch norm as in ELU-Net; note that instance norm
             fails for 16x16 inputs (1x1 bottleneck).
         bias: whether the double-conv convolutions have a bias (ELU-Net: yes).
+        pocket: PocketNet width schedule, ``n`` feature maps at every level instead of doubling (same
+            topology; 110,290 parameters instead of 3,377,218 at n=16 with 2 classes). Default off (ELU-Net).
     """
 
     def __init__(
@@ -119,11 +121,12 @@ class ELUNet(nn.Module):
         act: str | tuple = "relu",
         norm: str | tuple = "batch",
         bias: bool = True,
+        pocket: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}.")
-        widths = [features * 2**i for i in range(depth + 1)]
+        widths = [features * (1 if pocket else 2**i) for i in range(depth + 1)]
         self.depth = depth
 
         encoder = [DoubleConv(spatial_dims, in_channels, widths[0], act, norm, bias)]
