@@ -32,6 +32,7 @@ is not TorchScript-able: the slab loop is MONAI's ``PatchInferer``).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -248,10 +249,16 @@ class CascadeNet(nn.Module):
         return self.inferer(x, self.stage2)
 
 
-def load_weights(network: nn.Module, path: str, key: str = "model", map_location: str = "cpu") -> nn.Module:
+def load_weights(
+    network: nn.Module, path: str, key: str = "model", map_location: str | torch.device = "cpu"
+) -> nn.Module:
     """``network`` with the weights of a checkpoint (``state_dict`` or ``{key: state_dict}``, as MONAI's
-    ``CheckpointSaver`` writes them), in eval mode: for building ``Stage1Predictiond`` in a config, where
-    the stage-1 weights must be there before the dataset caches its predictions."""
+    ``CheckpointSaver`` writes them), in eval mode: for stage 1 in the cascade configs, where its weights must
+    be there before the inferer runs or ``Stage1Predictiond`` caches its predictions. A missing file is one
+    sentence naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint not found (train that stage first, e.g. with "
+                                "train_cascade_stage1.json).")
     state = torch.load(path, map_location=map_location, weights_only=True)
     if key in state and isinstance(state[key], Mapping):
         state = state[key]

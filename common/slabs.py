@@ -274,5 +274,6 @@ class RandSlabd(Compose):
                 ),
             ]
         )
+        self.keys = tuple([keys] if isinstance(keys, str) else keys)
         self.slab_size = slab_size
         self.axis = axis
