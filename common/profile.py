@@ -618,12 +618,15 @@ def _render_speed(sp: dict[str, Any], m: dict[str, Any]) -> list[str]:
     rows = []
     for r in sp["ab"]:
         of_medians = r["baseline_s"] / r["option_s"]
-        rows.append([r["option"], f"{r['arch']} {r['variant']}", r["batch"], f"{r['baseline_s']:.3f}",
+        rows.append([r["option"], r.get("mode", "train"), f"{r['arch']} {r['variant']}", r["batch"],
+                     f"{r['baseline_s']:.3f}",
                      f"{r['option_s']:.3f}", f"x{r['speedup']:.2f}", f"x{of_medians:.2f}", f"{r['max_rel_diff']:.1e}",
                      f"{r['loss_rel_diff']:.1e}", _verdict(r["option"], (r["speedup"], of_medians), r["max_rel_diff"])])
-    parts += [_md(["option", "network", "batch", "baseline s/step", "with option s/step", "speed-up (median of pairs)",
+    parts += [_md(["option", "step", "network", "batch", "baseline s/step", "with option s/step",
+                   "speed-up (median of pairs)",
                    "speed-up (ratio of medians)", "max rel. output diff", "rel. loss diff", "verdict"], rows), "",
-              "Training steps at the speed patch; baseline = fp32, contiguous (NCDHW), the profile's thread "
+              "Steps at the speed patch: `train` = forward, loss, backward, Adam; `infer` = forward only (eval, "
+              "no_grad, same batch). Baseline = fp32, contiguous (NCDHW), the profile's thread "
               "count (thread row: all cores). Baseline and option alternate step by step; 'helps' needs both "
               "speed-up estimates >= 1.05. Output diff = max |out - ref| / max |ref| on a fixed batch (eval "
               "mode, same weights).", ""]

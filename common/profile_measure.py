@@ -278,6 +278,23 @@ def _train_step_fn(
     return step
 
 
+def _infer_step_fn(net: nn.Module, x: torch.Tensor, device: torch.device,
+                   threads: int | None = None) -> Callable[[], float]:
+    """A closure that runs one inference forward pass (eval, no_grad) and returns its seconds."""
+
+    def step() -> float:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        net.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            net(x)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    return step
+
+
 def _times(times: Sequence[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times), "min_s": min(times)}
 
@@ -416,7 +433,8 @@ def measure_speed(
     """CPU speed options, each against plain fp32 NCDHW with the default threads, on the same weights.
 
     Measures: a large fp32 GEMM (the practical peak), one 32->32 3D conv in each layout / bf16, and per
-    network variant a training step with channels-last, with bf16 autocast and with one thread; then
+    network variant a training step and an inference forward pass (eval, no_grad, same batch) with
+    channels-last, with bf16 autocast and with one thread; then
     sliding-window inference of ``sw_volume`` per ``sw_batch_size``. The thread option compares one
     thread with ``cores`` threads; everything else runs with the process's threads.
     """
@@ -447,13 +465,21 @@ def measure_speed(
         for name, opt in options:
             base = copy.deepcopy(ref)
             other = _prepare(copy.deepcopy(ref), dev, opt.get("channels_last", False), opt.get("bf16", False))
-            row: dict[str, Any] = {"option": name, "arch": arch, "variant": variant, "batch": batch}
+            row: dict[str, Any] = {"option": name, "arch": arch, "variant": variant, "batch": batch, "mode": "train"}
             row.update(_accuracy(arch, base, other, x, y))
             step_a = _train_step_fn(base, arch, x, y, dev, threads=opt.get("base_threads", default_threads))
             step_b = _train_step_fn(other, arch, x, y, dev, threads=opt.get("threads", default_threads))
             row.update(_ab(step_a, step_b, pairs))
             torch.set_num_threads(default_threads)
             res["ab"].append(row)
+            # the same option for inference: forward only, eval, no_grad (a batch of sliding windows)
+            irow: dict[str, Any] = {**{k: row[k] for k in ("option", "arch", "variant", "batch", "max_rel_diff",
+                                                            "loss_rel_diff")}, "mode": "infer"}
+            fwd_a = _infer_step_fn(base, x, dev, threads=opt.get("base_threads", default_threads))
+            fwd_b = _infer_step_fn(other, x, dev, threads=opt.get("threads", default_threads))
+            irow.update(_ab(fwd_a, fwd_b, pairs))
+            torch.set_num_threads(default_threads)
+            res["ab"].append(irow)
             del base, other
     if sw_volume:
         torch.manual_seed(0)

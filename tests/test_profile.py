@@ -89,12 +89,15 @@ def test_speed_section_measures_and_renders() -> None:
     assert res["gemm_fp32_gflops"] > 0 and res["conv"]["channels_last"] > 0
     options = [r["option"] for r in res["ab"]]
     assert options[0] == "channels_last" and any(o.startswith("1 thread") for o in options)
+    for option in set(options):  # every option is timed for a training step and for inference
+        assert sorted(r["mode"] for r in res["ab"] if r["option"] == option) == ["infer", "train"], option
     for r in res["ab"]:
         assert r["speedup"] > 0
         if r["option"] != "bf16 autocast":
             assert r["max_rel_diff"] < 1e-4, r
     text = "\n".join(_render_speed({"status": "ok", **res}, {"gemm_peak_gflops": None}))
     assert "% of GEMM peak" in text and "speed-up (median of pairs)" in text and "sw_batch_size" in text
+    assert "| channels_last | infer |" in text
 
 
 def _small_unet() -> nn.Module:
