@@ -16,10 +16,11 @@ Config use (every bundle's ``train.json`` and ``inference.json``, hence ``evalua
                 bf16=@bf16, num_threads=@cpu_threads)"
 
 ``optimize_for_cpu`` returns the network unchanged on a CUDA device (AMP there is MONAI's ``amp`` option).
-Measured on a 2-core Xeon shared with other jobs (docs/benchmarks.md): threads ``auto`` (one thread was
-1.2-1.6x faster than two at load 3-4), channels-last on (U-Net training and inference steps x1.13-1.20
-at 64^3; the 2D bundles' networks x1.26-1.63; a single 3D conv x1.22-1.45), bf16 only with native
-hardware support (emulated bf16 here: x0.28-0.43, i.e. 2.3-3.6x slower).
+Measured on a 2-core Xeon shared with other jobs (docs/benchmarks.md): threads ``auto`` (one thread
+was 1.2-1.6x faster than two at load 3-4; on the idle machine two were 1.3-1.7x faster than one),
+channels-last on (U-Net training and inference steps x1.13-1.22; the 2D bundles' networks x1.26-1.63;
+a single 3D conv x1.22-1.45), bf16 only with native hardware support (emulated bf16 here: x0.28-0.43,
+i.e. 2.3-3.6x slower).
 """
 
 from __future__ import annotations
