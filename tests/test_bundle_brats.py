@@ -28,17 +28,7 @@ TINY = {"patch_size": [16, 16, 16], "num_workers": 0, "init_filters": 8, "cache_
 W39 = "W39_1998.09.19_Segm.nii"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module on one torch thread, and restore the setting afterwards.
-
-    16^3 convolutions with 8 channels gain nothing from a second thread, and on a busy CPU the OpenMP
-    threads spin-wait: a forward pass measured 60 times the CPU time with 2 threads under load.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

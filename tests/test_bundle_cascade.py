@@ -30,13 +30,7 @@ CASCADE = ["train_cascade_stage1.json", "train_cascade_stage2.json", "evaluate_c
 TINY = {"num_workers": 0, "cache_rate": 1.0, "init_filters": 16, "factor": 0.5, "patch_size": [64, 64, 64]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small 3D convolutions gain nothing from a second thread on a shared 2-core machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _parser(bundle: str, files: list[str]) -> ConfigParser:

@@ -26,14 +26,7 @@ TINY = {"image_size": [64, 64], "num_workers": 0, "batch_size": 8}
 EPOCHS = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: 64-px convolutions gain little from a second one, and lose several-fold to
-    spin-waiting when the two cores are shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

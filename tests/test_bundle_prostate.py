@@ -28,13 +28,7 @@ BUNDLE = "prostate_mri_segmentation"
 TINY = {"image_size": 64, "input_size": 32, "features": 8, "num_workers": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """2 shared CI cores: one intra-op thread avoids oversubscription (spinning threads double the CPU time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _junk(path: str) -> None:

@@ -17,13 +17,7 @@ from common.networks.upscale_head import UpscaleHead
 SIDES = (320, 160, 80, 32, 16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI box has 2 shared cores: one intra-op thread avoids oversubscription and is faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def n_params(model: nn.Module) -> int:

@@ -38,13 +38,7 @@ from common.slabs import RandSlabd, SlabInferer, SlabSplitter, network_multiple,
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI box has 2 shared cores: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_unet(in_channels: int, out_channels: int, depth: int = 2) -> nn.Module:
