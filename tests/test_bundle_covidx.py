@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from bundle_helpers import ROOT, bundle_dir, read_json, run_workflow
 from monai.bundle import ConfigParser
 from PIL import Image
