@@ -50,3 +50,29 @@ def run_workflow(
 def read_json(path: str | os.PathLike) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def assert_training_refuses(
+    bundle: str, root: Path, bad_file: str, words: str, configs_dir: Path | None = None, **override
+) -> str:
+    """Training on data with ``bad_file`` broken stops before anything is written: the data check raises a
+    ``DataCheckError`` whose problem for ``bad_file`` is one sentence containing ``words``, and a
+    ``models/model.pt`` from an earlier run is left as it was. Returns that sentence."""
+    import pytest
+
+    from common.datacheck import DataCheckError
+
+    models = Path(root) / "models"
+    models.mkdir(parents=True)
+    (models / "model.pt").write_bytes(b"weights of an earlier run")
+    with pytest.raises(Exception) as info:
+        run_workflow(bundle, ["train.json"], "train", root, configs_dir=configs_dir, epochs=1, **override)
+    err = info.value
+    while err is not None and not isinstance(err, DataCheckError):
+        err = err.__cause__ or err.__context__
+    assert err is not None, f"expected a DataCheckError, got {info.value!r}"
+    sentence = next(p for p in err.problems if bad_file in p)
+    assert words in sentence and sentence.count(". ") == 0, sentence  # one sentence, naming the file
+    assert (models / "model.pt").read_bytes() == b"weights of an earlier run"
+    assert sorted(os.listdir(models)) == ["model.pt"]
+    return sentence

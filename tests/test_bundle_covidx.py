@@ -10,11 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from bundle_helpers import ROOT, bundle_dir, read_json, run_workflow
+from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from common.datacheck import DataCheckError
 from common.datalists import covidx
 from common.lookalike import write_covidx
 from common.networks import count_parameters
@@ -165,20 +164,8 @@ def test_bad_input_is_refused_before_training(data, tmp_path, how, words):
     victim = next(e for e in entries if e["fold"] != 0)  # a training image
     bad_file = os.path.normpath(str(ds / victim["image"]))
     _break(bad_file, how)
-    root = tmp_path / "bundle"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / "model.pt").write_bytes(b"weights of an earlier run")
-    with pytest.raises(Exception) as info:
-        run_workflow(BUNDLE, ["train.json"], "train", root, dataset_dir=str(ds), datalist=data["datalist"],
-                     **TINY, epochs=1)
-    err = info.value
-    while err is not None and not isinstance(err, DataCheckError):
-        err = err.__cause__ or err.__context__
-    assert err is not None, f"expected a DataCheckError, got {info.value!r}"
-    sentence = next(p for p in err.problems if bad_file in p)
-    assert words in sentence
-    assert (root / "models" / "model.pt").read_bytes() == b"weights of an earlier run"
-    assert sorted(os.listdir(root / "models")) == ["model.pt"]
+    assert_training_refuses(BUNDLE, tmp_path / "bundle", bad_file, words,
+                            dataset_dir=str(ds), datalist=data["datalist"], **TINY)
 
 
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):

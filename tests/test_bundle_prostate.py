@@ -14,11 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, SCHEMA, bundle_dir, read_json, run_workflow
+from bundle_helpers import ROOT, SCHEMA, assert_training_refuses, bundle_dir, read_json, run_workflow
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata
 
 from common import lowres_experiment
-from common.datacheck import DataCheckError
 from common.datalists import msd
 from common.lookalike import write_prostate
 from common.multiscale_loss import MultiScaleLoss
@@ -169,20 +168,8 @@ def test_label_value_3_is_refused_before_training(data, tmp_path):
     arr = np.asarray(lab.dataobj).copy()
     arr[arr == 2] = 3
     nib.save(nib.Nifti1Image(arr, lab.affine), bad_file)
-    root = tmp_path / "bundle"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / "model.pt").write_bytes(b"weights of an earlier run")
-    with pytest.raises(Exception) as info:
-        run_workflow(BUNDLE, ["train.json"], "train", root, dataset_dir=str(ds), datalist=data["datalist"],
-                     **TINY, epochs=1)
-    err = info.value
-    while err is not None and not isinstance(err, DataCheckError):
-        err = err.__cause__ or err.__context__
-    assert err is not None, f"expected a DataCheckError, got {info.value!r}"
-    sentence = next(p for p in err.problems if bad_file in p)
-    assert "unexpected label values [3]" in sentence
-    assert (root / "models" / "model.pt").read_bytes() == b"weights of an earlier run"
-    assert sorted(os.listdir(root / "models")) == ["model.pt"]
+    assert_training_refuses(BUNDLE, tmp_path / "bundle", bad_file, "unexpected label values [3]",
+                            dataset_dir=str(ds), datalist=data["datalist"], **TINY)
 
 
 def test_experiment_command_runs_in_tiny_mode(tmp_path):
