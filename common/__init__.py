@@ -1,1 +1,12 @@
-"""Shared code of the pocket bundle collection: networks, losses, data tools used by every bundle."""
+"""Shared code of the pocket bundle collection: what the bundle configs import, and the tools around it.
+
+Subpackages by role: ``networks`` (architectures), ``losses``, ``data`` (data lists, checks), ``datasets``
+(one module per dataset), ``training``, ``inference``, ``benchmarks`` and ``experiments``;
+``python -m common --help`` lists the commands.
+"""
+
+from pathlib import Path
+
+#: The repository checkout (bundles/ and data_lists/ live beside this package).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO_ROOT / "bundles"

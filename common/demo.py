@@ -16,8 +16,8 @@ from pathlib import Path
 
 import fire
 
-from common.datalists import nfbs
-from common.lookalike import write_nfbs
+from common.data.datalists import nfbs
+from common.data.lookalike import write_nfbs
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "nfbs_brain_mri_segmentation"

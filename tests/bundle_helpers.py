@@ -8,9 +8,11 @@ from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import REPO_ROOT
+
+ROOT = REPO_ROOT
 BUNDLES = ROOT / "bundles"
-SCHEMA = ROOT / "common" / "schema" / "meta_schema_20240725.json"
+SCHEMA = ROOT / "tests" / "bundles" / "meta_schema_20240725.json"
 
 
 def bundle_dir(name: str) -> Path:
@@ -60,7 +62,7 @@ def assert_training_refuses(
     ``models/model.pt`` from an earlier run is left as it was. Returns that sentence."""
     import pytest
 
-    from common.datacheck import DataCheckError
+    from common.data.datacheck import DataCheckError
 
     models = Path(root) / "models"
     models.mkdir(parents=True)

@@ -4,7 +4,7 @@
 per channel) for ResNet and DenseNet, and a 1x1 projection on the residual path.
 ``style="short"`` is the short (workshop) paper: no normalisation, ReLU after every convolution, and a
 parameter-free residual ``y1 + conv(y1)``.
-Parameter counts of both styles reproduce the papers' tables (see tests/test_networks.py).
+Parameter counts of both styles reproduce the papers' tables (see tests/networks/test_networks.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ ELU-Net is a U-Net whose decoder level ``l`` concatenates, each projected to the
 Shallower encoder levels are never used (unlike U-Net 3+). Every up-sampling path is ``log2(k)`` transposed
 convolutions (kernel 2, stride 2, channel count kept) followed by one 3x3 convolution to ``c_l``; that reading
 of the paper's "up-sampling(k) + 3x3 Conv" is the one that reproduces the GMac figures of Ostrowski & Shafique
-(29.98 GMac at 320x320 with n=16 under the ptflops <= 0.7.4 counting rule, see ``common.gmacs``).
+(29.98 GMac at 320x320 with n=16 under the ptflops <= 0.7.4 counting rule, see ``common.benchmarks.complexity``).
 """
 
 from __future__ import annotations

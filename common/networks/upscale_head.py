@@ -3,7 +3,7 @@ Low-Resolution Inputs", the J-Net head): low-resolution input, high-resolution o
 
 The head wraps any segmentation backbone that maps an image to ``num_classes`` logit channels and doubles the
 logits' resolution ``stages`` times, so that a network fed a down-sized image can be trained against the
-full-resolution ground truth (with :class:`common.multiscale_loss.MultiScaleLoss` on every scale). Because the
+full-resolution ground truth (with :class:`common.losses.multiscale.MultiScaleLoss` on every scale). Because the
 stages work on ``num_classes`` channels only, they are almost free: 13 Nc^2 + 2 Nc parameters per 2D stage.
 """
 

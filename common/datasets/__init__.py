@@ -1,0 +1,1 @@
+"""One module per dataset: its data-list builder, its look-alike writer, its dataset-specific transforms."""

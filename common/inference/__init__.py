@@ -1,0 +1,1 @@
+"""Inference: slab-wise and cascade inferers, low-resolution slice inference, post-processing."""

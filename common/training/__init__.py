@@ -1,0 +1,1 @@
+"""Training helpers the bundle configs call: resuming from checkpoints, CPU speed options."""

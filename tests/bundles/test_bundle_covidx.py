@@ -1,0 +1,187 @@
+"""COVIDx chest X-ray classification bundle end to end on look-alike data: learns, evaluates, infers, resumes,
+runs under torchrun, refuses bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from common.data.datalists import covidx
+from common.data.lookalike import write_covidx
+from common.networks import count_parameters
+
+BUNDLE = "covidx_cxr_classification"
+# Look-alike films are written at about 128 px and resized to 64 px (instead of 256) to keep the tests fast.
+TINY = {"image_size": [64, 64], "num_workers": 0, "batch_size": 8}
+EPOCHS = 20
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("covidx")
+    ds = write_covidx(str(root / "data"), cases=80, seed=0, size=128)
+    datalist = str(root / "covidx8b.json")
+    covidx(ds, out=datalist)
+    return {"dataset_dir": ds, "datalist": datalist}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """One short CPU training shared by the learning, evaluation, inference and resume tests."""
+    root = tmp_path_factory.mktemp("covidx_bundle")
+    wf = run_workflow(BUNDLE, ["train.json"], "train", root, **data, **TINY, epochs=EPOCHS, learning_rate=1e-3)
+    per_epoch = len(wf.parser.get_parsed_content("train#dataloader"))
+    state = wf.parser.get_parsed_content("validate#evaluator").state
+    return {"root": root, "best_val_auc": state.best_metric, "last_val_accuracy": state.metrics["val_accuracy"],
+            "per_epoch": per_epoch}
+
+
+def _labels(datalist: str, section: str) -> dict[str, int]:
+    return {os.path.basename(e["image"]): e["label"] for e in read_json(datalist)[section]}
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_probabilities(rows: list[dict]) -> None:
+    for r in rows:
+        p0, p1 = float(r["probability_negative"]), float(r["probability_positive"])
+        assert 0.0 <= p1 <= 1.0 and abs(p0 + p1 - 1.0) < 1e-4
+        assert int(r["predicted_class"]) == int(p1 > p0)
+        assert r["predicted_label"] == ("positive" if p1 > p0 else "negative")
+
+
+def test_pocket_switch_gives_the_table_ii_networks():
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(BUNDLE) / "configs" / "train.json"))
+    assert parser["arch"] == "classifier" and parser["pocket"] is True
+    assert count_parameters(parser.get_parsed_content("network_def")) == 21_074
+    parser["pocket"] = False
+    assert count_parameters(parser.get_parsed_content("network_def", lazy=False)) == 1_178_994
+
+
+def test_grey_and_rgb_films_load_as_one_channel(data):
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(BUNDLE) / "configs" / "inference.json"))
+    parser["image_size"] = [64, 64]
+    preprocessing = parser.get_parsed_content("preprocessing")
+    files = [os.path.join(data["dataset_dir"], "train", f) for f in sorted(os.listdir(
+        os.path.join(data["dataset_dir"], "train")))]
+    modes = {}
+    for f in files:
+        with Image.open(f) as im:
+            modes.setdefault(im.mode, f)
+    assert set(modes) == {"L", "RGB"}  # the look-alike set mixes both, as COVIDx does
+    for f in modes.values():
+        image = preprocessing({"image": f})["image"]
+        assert tuple(image.shape) == (1, 64, 64)
+        assert abs(float(image.mean())) < 1e-3 and abs(float(image.std()) - 1.0) < 1e-2  # z-score
+
+
+def test_training_learns_covid_positive_films(trained):
+    assert trained["best_val_auc"] >= 0.9
+    assert trained["last_val_accuracy"] >= 0.8  # AUC alone can be high while every film gets one class
+    models = trained["root"] / "models"
+    assert (models / "model.pt").exists()
+    assert (models / f"last_checkpoint_epoch={EPOCHS}.pt").exists()
+
+
+@pytest.mark.parametrize("split,section", [("val", "training"), ("test", "testing")])
+def test_evaluate_writes_the_summary_and_one_row_per_image(data, trained, split, section):
+    root = trained["root"]
+    overrides = {"eval_split": split} if split != "val" else {}  # val is the default
+    run_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", root, **data, **TINY, **overrides)
+    out = root / "eval" / split
+    summary = dict(line.strip().split(",") for line in open(out / "metrics.csv"))
+    assert set(summary) == {"auc", "accuracy", "sensitivity", "specificity"}
+    assert float(summary["auc"]) >= 0.9
+    assert float(summary["accuracy"]) >= 0.8
+    rows = _rows(out / "predictions.csv")
+    labels = _labels(data["datalist"], section)
+    if split == "val":
+        fold0 = {os.path.basename(e["image"]) for e in read_json(data["datalist"])["training"] if e["fold"] == 0}
+        labels = {k: v for k, v in labels.items() if k in fold0}
+    assert sorted(os.path.basename(r["filename"]) for r in rows) == sorted(labels)
+    _check_probabilities(rows)
+    for r in rows:
+        assert int(r["label"]) == labels[os.path.basename(r["filename"])]
+    accuracy = sum(int(r["predicted_class"]) == int(r["label"]) for r in rows) / len(rows)
+    assert abs(accuracy - float(summary["accuracy"])) < 1e-4
+    positives = [r for r in rows if r["label"] == "1"]
+    sensitivity = sum(r["predicted_class"] == "1" for r in positives) / len(positives)
+    assert abs(sensitivity - float(summary["sensitivity"])) < 1e-4
+
+
+def test_inference_writes_a_prediction_csv_for_a_folder(data, trained, tmp_path):
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
+                 output_dir=str(out), **TINY)
+    rows = _rows(out / "predictions.csv")
+    labels = _labels(data["datalist"], "testing")  # the default pattern reads test/
+    assert sorted(os.path.basename(r["filename"]) for r in rows) == sorted(labels)
+    _check_probabilities(rows)
+    accuracy = sum(int(r["predicted_class"]) == labels[os.path.basename(r["filename"])] for r in rows) / len(rows)
+    assert accuracy >= 0.8  # chance is 0.5 on the balanced look-alike test split
+
+
+def test_interrupted_training_resumes_where_it_stopped(data, trained, tmp_path):
+    shutil.copytree(trained["root"] / "models", tmp_path / "models")
+    wf = run_workflow(BUNDLE, ["train.json"], "train", tmp_path, **data, **TINY, epochs=EPOCHS + 1)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == EPOCHS + 1
+    assert trainer.state.iteration == (EPOCHS + 1) * trained["per_epoch"]  # only the last epoch ran
+    assert (tmp_path / "models" / f"last_checkpoint_epoch={EPOCHS + 1}.pt").exists()
+
+
+def _break(path: str, how: str) -> None:
+    if how == "missing":
+        os.remove(path)
+    elif how == "unreadable":
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+    else:
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize("how,words", [("missing", "does not exist"), ("unreadable", "cannot be read")])
+def test_bad_input_is_refused_before_training(data, tmp_path, how, words):
+    ds = tmp_path / "covidx"
+    shutil.copytree(data["dataset_dir"], ds)
+    entries = read_json(data["datalist"])["training"]
+    victim = next(e for e in entries if e["fold"] != 0)  # a training image
+    bad_file = os.path.normpath(str(ds / victim["image"]))
+    _break(bad_file, how)
+    assert_training_refuses(BUNDLE, tmp_path / "bundle", bad_file, words,
+                            dataset_dir=str(ds), datalist=data["datalist"], **TINY)
+
+
+def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
+    """torchrun, 2 processes, gloo backend on CPU: one epoch trains and rank 0 saves the checkpoints."""
+    configs = str(bundle_dir(BUNDLE) / "configs")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", f"['{configs}/train.json','{configs}/multi_gpu_train.json']",
+        "--meta_file", f"{configs}/metadata.json", "--logging_file", f"{configs}/logging.conf",
+        "--bundle_root", str(tmp_path), "--dataset_dir", data["dataset_dir"], "--datalist", data["datalist"],
+        "--image_size", "[32,32]", "--num_workers", "0", "--batch_size", "8", "--epochs", "1", "--val_interval", "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "val_auc" in proc.stdout + proc.stderr
+    assert (tmp_path / "models" / "model.pt").exists()
+    assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()

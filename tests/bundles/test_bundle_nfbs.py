@@ -1,0 +1,154 @@
+"""NFBS skull-stripping bundle end to end on look-alike data: learns, evaluates, infers, resumes, refuses bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
+
+from common.data.datalists import nfbs
+from common.data.lookalike import write_nfbs
+
+BUNDLE = "nfbs_brain_mri_segmentation"
+TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "init_filters": 16, "cache_rate": 1.0}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nfbs")
+    ds = write_nfbs(str(root / "data"), cases=8, seed=0, size=40)
+    datalist = str(root / "nfbs.json")
+    nfbs(ds, out=datalist)
+    return {"dataset_dir": ds, "datalist": datalist}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """One short CPU training shared by the learning, evaluation and inference tests."""
+    root = tmp_path_factory.mktemp("nfbs_bundle")
+    wf = run_workflow(BUNDLE, ["train.json"], "train", root, **data, **TINY, epochs=8, val_interval=4,
+                      learning_rate=3e-3, num_samples=4)
+    best = wf.parser.get_parsed_content("validate#evaluator").state.best_metric
+    return {"root": root, "best_val_dice": best}
+
+
+def test_training_learns_brain_masks(trained):
+    assert trained["best_val_dice"] >= 0.8
+    models = trained["root"] / "models"
+    assert (models / "model.pt").exists()
+    assert (models / "last_checkpoint_epoch=8.pt").exists()
+
+
+def test_evaluate_scores_every_strategy_and_records_the_best(data, trained):
+    root = trained["root"]
+    run_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", root, **data, **TINY)
+    summary = dict(line.strip().split(",") for line in open(root / "eval" / "metrics.csv"))
+    assert float(summary["val_mean_dice"]) >= 0.8
+    for metric in ("val_hd95", "val_asd", "val_mean_dice_largest_component", "val_mean_dice_morphological"):
+        assert metric in summary
+    per_case = (root / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert per_case[0].startswith("filename") and len(per_case) == 1 + 2  # fold 0 holds 2 of the 8 cases
+    stats = (root / "eval" / "val_hd95_summary.csv").read_text()
+    assert "mean" in stats and "median" in stats and "std" in stats
+    record = read_json(root / "models" / "postprocessing.json")
+    assert record["strategy"] == max(record["mean_dice"], key=record["mean_dice"].get)
+
+
+def test_inference_writes_masks_on_the_input_grid(data, trained, tmp_path):
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
+                 output_dir=str(out), patch_size=[32, 32, 32], init_filters=16)
+    preds = sorted(out.glob("*_seg.nii.gz"))
+    assert len(preds) == 8
+    dices = []
+    for pred_file in preds:
+        subject = pred_file.name.split("_")[0][4:]
+        image = nib.load(os.path.join(data["dataset_dir"], subject, f"sub-{subject}_ses-NFB3_T1w.nii.gz"))
+        mask = nib.load(os.path.join(data["dataset_dir"], subject, f"sub-{subject}_ses-NFB3_T1w_brainmask.nii.gz"))
+        pred = nib.load(pred_file)
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+        p, m = np.asarray(pred.dataobj) > 0, np.asarray(mask.dataobj) > 0
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+        dices.append(2 * (p & m).sum() / (p.sum() + m.sum()))
+    assert np.mean(dices) >= 0.8
+
+
+def test_interrupted_training_resumes_where_it_stopped(data, tmp_path):
+    run_workflow(BUNDLE, ["train.json"], "train", tmp_path, **data, **TINY, epochs=1, val_interval=1)
+    wf = run_workflow(BUNDLE, ["train.json"], "train", tmp_path, **data, **TINY, epochs=2, val_interval=1)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    per_epoch = len(wf.parser.get_parsed_content("train#dataloader"))
+    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 2 * per_epoch  # epoch 1 was restored, only epoch 2 ran
+    assert (tmp_path / "models" / "last_checkpoint_epoch=2.pt").exists()
+
+
+def _break(case_dir: str, subject: str, how: str) -> str:
+    image = os.path.join(case_dir, f"sub-{subject}_ses-NFB3_T1w.nii.gz")
+    label = os.path.join(case_dir, f"sub-{subject}_ses-NFB3_T1w_brainmask.nii.gz")
+    img = nib.load(image)
+    if how == "missing":
+        os.remove(label)
+        return label
+    if how == "unreadable":
+        with open(label, "wb") as f:
+            f.write(b"not a nifti file")
+        return label
+    if how == "channels":
+        data = np.stack([np.asarray(img.dataobj)] * 2, axis=-1)
+        nib.save(nib.Nifti1Image(data, img.affine), image)
+        return image
+    if how == "grid":
+        lab = nib.load(label)
+        nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:-3], lab.affine), label)
+        return label
+    if how == "values":
+        lab = nib.load(label)
+        arr = np.asarray(lab.dataobj).copy()
+        arr[arr > 0] = 3
+        nib.save(nib.Nifti1Image(arr, lab.affine), label)
+        return label
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+    "how,words",
+    [("missing", "does not exist"), ("unreadable", "cannot be read"), ("channels", "2 channels, expected 1"),
+     ("grid", "does not match its image"), ("values", "unexpected label values [3]")],
+)
+def test_bad_input_is_refused_before_training(data, tmp_path, how, words):
+    ds = tmp_path / "NFBS_Dataset"
+    shutil.copytree(data["dataset_dir"], ds)
+    entries = read_json(data["datalist"])["training"]
+    victim = next(e for e in entries if e["fold"] != 0)  # a training case
+    subject = os.path.dirname(victim["image"])
+    bad_file = _break(str(ds / subject), subject, how)
+    assert_training_refuses(BUNDLE, tmp_path / "bundle", bad_file, words,
+                            dataset_dir=str(ds), datalist=data["datalist"], **TINY)
+
+
+def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
+    """torchrun, 2 processes, gloo backend on CPU: one epoch trains and rank 0 saves the checkpoints."""
+    configs = str(bundle_dir(BUNDLE) / "configs")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", f"['{configs}/train.json','{configs}/multi_gpu_train.json']",
+        "--meta_file", f"{configs}/metadata.json", "--logging_file", f"{configs}/logging.conf",
+        "--bundle_root", str(tmp_path), "--dataset_dir", data["dataset_dir"], "--datalist", data["datalist"],
+        "--patch_size", "[32,32,32]", "--num_workers", "0", "--init_filters", "8", "--epochs", "1",
+        "--val_interval", "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "backend" not in proc.stderr or "nccl" not in proc.stderr
+    assert (tmp_path / "models" / "model.pt").exists()
+    assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()

@@ -1,0 +1,197 @@
+"""Tests of common.data.datacheck: every failure kind gives one sentence naming the right file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import REPO_ROOT
+from common.data.datacheck import DataCheckError, assert_valid, check_datalist
+
+REPO = REPO_ROOT
+SHAPE = (8, 8, 8)
+
+
+def _nii(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> str:
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return str(path)
+
+
+def _vol(path: Path, shape: tuple[int, ...] = SHAPE, affine: np.ndarray | None = None) -> str:
+    return _nii(path, np.zeros(shape, np.int16), affine)
+
+
+def _seg(path: Path, values: tuple[int, ...] = (0, 1, 2), shape: tuple[int, ...] = SHAPE) -> str:
+    data = np.resize(np.array(values, np.uint8), shape)
+    return _nii(path, data)
+
+
+def _problems(data: list[dict], **kwargs) -> list[str]:
+    with pytest.raises(DataCheckError) as err:
+        check_datalist(data, **kwargs)
+    lines = str(err.value).split("\n")
+    assert lines[0] == f"{len(lines) - 1} of {len(data)} cases failed the data check:"
+    assert err.value.problems == lines[1:]
+    return lines[1:]
+
+
+def _one(data: list[dict], path: str, fragment: str, **kwargs) -> str:
+    problems = _problems(data, **kwargs)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{path}: "), problems[0]
+    assert fragment in problems[0], problems[0]
+    assert problems[0].endswith(".")
+    return problems[0]
+
+
+# ------------------------------------------------------------------------------------------- OK
+def test_ok_data_passes(tmp_path: Path) -> None:
+    seg = [{"image": _vol(tmp_path / "v.nii"), "label": _seg(tmp_path / "s.nii.gz")}]
+    check_datalist(seg, image_channels=1, label_values=[0, 1, 2])
+    brats = [
+        {"image": [_vol(tmp_path / f"c{i}.nii") for i in range(4)], "label": _seg(tmp_path / "b.nii", (0, 4))}
+    ]
+    check_datalist(brats, image_channels=4, label_values=[0, 1, 2, 4])
+    msd = [{"image": _vol(tmp_path / "m.nii.gz", (*SHAPE, 2)), "label": _seg(tmp_path / "ml.nii.gz")}]
+    check_datalist(msd, image_channels=2, label_values=[0, 1, 2])
+    Image.new("L", (8, 8)).save(tmp_path / "g.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.jpg")
+    cls = [{"image": str(tmp_path / "g.png"), "label": 0}, {"image": str(tmp_path / "c.jpg"), "label": 1}]
+    check_datalist(cls, image_channels=(1, 3), label_values=[0, 1])
+    check_datalist(cls)  # no channel / value expectations
+    assert assert_valid(seg, image_channels=1) is seg
+    test_only = [{"image": _vol(tmp_path / "t.nii")}]
+    check_datalist(test_only, image_channels=1, label_values=[0, 1])
+
+
+# ------------------------------------------------------------------------------------- failures
+def test_missing_files(tmp_path: Path) -> None:
+    vol = _vol(tmp_path / "v.nii")
+    missing = str(tmp_path / "x.nii.gz")
+    _one([{"image": missing, "label": _seg(tmp_path / "s.nii")}], missing, "file does not exist")
+    _one([{"image": vol, "label": missing}], missing, "file does not exist")
+    chans = [vol, vol, missing, vol]
+    _one([{"image": chans, "label": _seg(tmp_path / "s.nii")}], missing, "file does not exist")
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.nii"
+    bad.write_bytes(b"not a nifti file at all")
+    msg = _one([{"image": str(bad)}], str(bad), "cannot be read as an image (")
+    assert msg.endswith(").")
+    trunc = tmp_path / "trunc.nii"
+    full = Path(_vol(tmp_path / "full.nii")).read_bytes()
+    trunc.write_bytes(full[:-100])
+    _one([{"image": str(trunc)}], str(trunc), "truncated")
+    png = tmp_path / "bad.png"
+    png.write_bytes(b"\x89PNG garbage")
+    _one([{"image": str(png), "label": 1}], str(png), "cannot be read as an image")
+    other = tmp_path / "img.mha"
+    other.write_bytes(b"x")
+    _one([{"image": str(other)}], str(other), "unsupported file type")
+    vol = _vol(tmp_path / "v.nii")
+    badseg = tmp_path / "badseg.nii.gz"
+    badseg.write_bytes(b"junk")
+    _one([{"image": vol, "label": str(badseg)}], str(badseg), "cannot be read as an image")
+
+
+def test_channel_count(tmp_path: Path) -> None:
+    four_d = _vol(tmp_path / "v2.nii", (*SHAPE, 2))
+    msg = _one([{"image": four_d}], four_d, "image has 2 channels, expected 1.", image_channels=1)
+    assert msg == f"{four_d}: image has 2 channels, expected 1."
+    files = [_vol(tmp_path / f"c{i}.nii") for i in range(3)]
+    _one([{"image": files}], files[0], "image has 3 channels, expected 4.", image_channels=4)
+    Image.new("RGBA", (8, 8)).save(tmp_path / "a.png")
+    png = str(tmp_path / "a.png")
+    _one([{"image": png, "label": 0}], png, "image has 4 channels, expected 1 or 3.", image_channels=(1, 3))
+
+
+def test_grid_mismatch(tmp_path: Path) -> None:
+    vol = _vol(tmp_path / "volume-3.nii", (8, 8, 9))
+    seg = _seg(tmp_path / "segmentation-3.nii")
+    msg = _one([{"image": vol, "label": seg}], seg, "label grid")
+    assert msg == f"{seg}: label grid (8, 8, 8) does not match its image {vol} (8, 8, 9)."
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.5
+    vol2 = _vol(tmp_path / "shifted.nii", affine=shifted)
+    _one([{"image": vol2, "label": seg}], seg, "label affine does not match its image")
+    nearly = np.eye(4)
+    nearly[0, 3] = 1e-5
+    check_datalist([{"image": _vol(tmp_path / "near.nii", affine=nearly), "label": seg}])
+    check_datalist([{"image": vol, "label": seg}], check_grid=False)
+    # channel files of one case on different grids; 4D channel-last image vs 3D label is fine
+    chans = [_vol(tmp_path / "a.nii"), _vol(tmp_path / "b.nii", (8, 8, 7))]
+    _one([{"image": chans, "label": seg}], chans[1], "image channel grid")
+    check_datalist([{"image": _vol(tmp_path / "m.nii.gz", (*SHAPE, 2)), "label": seg}])
+
+
+def test_label_values(tmp_path: Path) -> None:
+    vol = _vol(tmp_path / "v.nii")
+    seg = _seg(tmp_path / "seg.nii", (0, 1, 3, 7))
+    msg = _one([{"image": vol, "label": seg}], seg, "", label_values=[0, 1, 2])
+    assert msg == f"{seg}: unexpected label values [3, 7]; expected a subset of [0, 1, 2]."
+    float_seg = _nii(tmp_path / "f.nii.gz", np.resize(np.array([0.0, 1.0, 0.5], np.float32), SHAPE))
+    _one([{"image": vol, "label": float_seg}], float_seg, "[0.5]", label_values=[0, 1])
+    check_datalist(
+        [{"image": vol, "label": _nii(tmp_path / "ok.nii", np.ones(SHAPE, np.float32))}], label_values=[0, 1]
+    )
+    Image.new("L", (8, 8)).save(tmp_path / "g.png")
+    png = str(tmp_path / "g.png")
+    _one(
+        [{"image": png, "label": 2}],
+        png,
+        "unexpected label value 2; expected one of [0, 1]",
+        label_values=[0, 1],
+    )
+
+
+def test_many_bad_cases_reported(tmp_path: Path) -> None:
+    good = {"image": _vol(tmp_path / "v0.nii"), "label": _seg(tmp_path / "s0.nii")}
+    missing = str(tmp_path / "none.nii")
+    bad_vals = _seg(tmp_path / "s2.nii", (0, 5))
+    data = [
+        good,
+        {"image": missing, "label": _seg(tmp_path / "s1.nii")},
+        {"image": _vol(tmp_path / "v2.nii"), "label": bad_vals},
+        good,
+        {"image": _vol(tmp_path / "v4.nii", (*SHAPE, 3)), "label": missing},
+    ]
+    problems = _problems(data, image_channels=1, label_values=[0, 1, 2])
+    assert len(problems) == 3
+    assert problems[0].startswith(f"{missing}: file does not exist")
+    assert problems[1].startswith(f"{bad_vals}: unexpected label values [5]")
+    assert problems[2].startswith(f"{missing}: file does not exist")  # first problem of the case only
+    with pytest.raises(DataCheckError, match="3 of 5 cases"):
+        assert_valid(data, image_channels=1, label_values=[0, 1, 2])
+    with pytest.raises(ValueError, match="empty"):
+        check_datalist([])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    _vol(tmp_path / "volume-0.nii")
+    _seg(tmp_path / "segmentation-0.nii", (0, 1, 2))
+    _vol(tmp_path / "volume-1.nii")
+    _seg(tmp_path / "segmentation-1.nii", (0, 3))
+    entries = [{"image": f"volume-{i}.nii", "label": f"segmentation-{i}.nii", "fold": i} for i in range(2)]
+    listfile = tmp_path / "list.json"
+    listfile.write_text(json.dumps({"num_folds": 5, "training": entries}))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "common.data.datacheck", str(listfile), "--dataset_dir", str(tmp_path), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
+
+    ok = run("--fold", "0", "--split", "val", "--image_channels", "1", "--label_values", "[0,1,2]")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "OK: 1 cases checked"
+    bad = run("--label_values", "[0,1,2]")
+    assert bad.returncode == 1
+    assert "1 of 2 cases failed the data check:" in bad.stderr
+    assert f"{tmp_path / 'segmentation-1.nii'}: unexpected label values [3]" in bad.stderr
