@@ -31,6 +31,9 @@ def run_workflow(
     ``configs_dir`` runs a copy of the bundle's configs (e.g. after a command rewrote them) instead of the
     committed ones.
     """
+    # "auto" picks the thread count from the machine's load, and float rounding (so the learning floors)
+    # with it: tests run on one thread unless they ask for another.
+    override.setdefault("cpu_threads", 1)
     d = Path(configs_dir) if configs_dir is not None else bundle_dir(bundle) / "configs"
     files = [str(d / c) for c in configs]
     wf = ConfigWorkflow(

@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 def trained(data, tmp_path_factory):
     """One short CPU training shared by the learning, evaluation and inference tests."""
     root = tmp_path_factory.mktemp("nfbs_bundle")
-    wf = run_workflow(BUNDLE, ["train.json"], "train", root, **data, **TINY, epochs=8, val_interval=4,
+    wf = run_workflow(BUNDLE, ["train.json"], "train", root, **data, **TINY, epochs=12, val_interval=4,
                       learning_rate=3e-3, num_samples=4)
     best = wf.parser.get_parsed_content("validate#evaluator").state.best_metric
     return {"root": root, "best_val_dice": best}
@@ -42,7 +42,7 @@ def test_training_learns_brain_masks(trained):
     assert trained["best_val_dice"] >= 0.8
     models = trained["root"] / "models"
     assert (models / "model.pt").exists()
-    assert (models / "last_checkpoint_epoch=8.pt").exists()
+    assert (models / "last_checkpoint_epoch=12.pt").exists()
 
 
 def test_evaluate_scores_every_strategy_and_records_the_best(data, trained):
