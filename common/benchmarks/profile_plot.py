@@ -1,41 +1,30 @@
-"""Bar charts in the style of the PocketNet paper's Fig. 3, drawn with Pillow.
+"""Grouped bar charts of training memory and step time, full vs pocket, drawn with matplotlib.
 
-Pillow is already a pinned dependency of the collection; two grouped bar charts per network do not
-justify matplotlib and its five extra packages.
+The layout follows Fig. 3 of Celaya et al., "PocketNet: A Smaller Neural Network for Medical Image
+Analysis" (IEEE TMI 2022): per network, peak training memory and time per step by batch size, one bar
+per variant. matplotlib is the collection's one plotting library; the figure is drawn on an Agg canvas
+(no display, no pyplot state), so it works on a headless machine and inside worker processes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import StrMethodFormatter
 
-COLORS = {"full": (31, 119, 180), "pocket": (255, 127, 14)}
-PANEL_W, PANEL_H = 480, 300
-LEFT, RIGHT, TOP, BOTTOM = 70, 15, 36, 46
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has a single bitmap size
-        return ImageFont.load_default()
-
-
-def _nice_max(value: float) -> float:
-    """Smallest 1/2/2.5/5 x 10^k at or above ``value`` (axis top)."""
-    if value <= 0:
-        return 1.0
-    exp = 10 ** math.floor(math.log10(value))
-    for m in (1, 2, 2.5, 5, 10):
-        if m * exp >= value:
-            return m * exp
-    return 10 * exp
+COLORS = {"full": "#1f77b4", "pocket": "#ff7f0e"}  # matplotlib's first two cycle colours
+OTHER_COLOR = "#787878"
+PANEL_W, PANEL_H, HEADER_H = 4.8, 3.0, 0.6  # inches at DPI: one panel, the title and legend band
+DPI = 100
 
 
 def _fmt(v: float) -> str:
+    """Bar label: thousands separator for large values, three significant digits for small ones."""
     if v >= 100:
         return f"{v:,.0f}"
     if v >= 10:
@@ -44,37 +33,32 @@ def _fmt(v: float) -> str:
 
 
 def _panel(
-    draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, batches: Sequence[int],
-    values: dict[tuple[int, str], float | None], variants: Sequence[str],
+    ax: Axes, title: str, batches: Sequence[int], values: dict[tuple[int, str], float | None],
+    variants: Sequence[str],
 ) -> None:
-    """One grouped bar chart: a group per batch size, a bar per variant, value above each bar."""
-    font, small = _font(13), _font(11)
-    draw.text((x0 + LEFT, y0 + 8), title, fill="black", font=font)
-    ax_l, ax_r = x0 + LEFT, x0 + PANEL_W - RIGHT
-    ax_t, ax_b = y0 + TOP, y0 + PANEL_H - BOTTOM
-    known = [v for v in values.values() if v is not None]
-    top = _nice_max(max(known) if known else 1.0)
-    for i in range(6):  # y grid and ticks
-        v = top * i / 5
-        y = ax_b - (ax_b - ax_t) * i / 5
-        draw.line([(ax_l, y), (ax_r, y)], fill=(225, 225, 225))
-        draw.text((ax_l - 6, y), f"{v:,.{max(0, -math.floor(math.log10(top / 5)))}f}", fill="black", font=small,
-                  anchor="rm")
-    draw.line([(ax_l, ax_t), (ax_l, ax_b), (ax_r, ax_b)], fill="black")
-    group_w = (ax_r - ax_l) / max(1, len(batches))
-    bar_w = group_w * 0.7 / max(1, len(variants))
-    for g, b in enumerate(batches):
-        gx = ax_l + g * group_w + group_w * 0.15
-        for k, variant in enumerate(variants):
+    """One grouped bar chart: a group per batch size, a bar per variant, value above each bar, n/a if missing."""
+    ax.set_title(title, loc="left", fontsize=10)
+    width = 0.7 / max(1, len(variants))
+    for k, variant in enumerate(variants):
+        for g, b in enumerate(batches):
+            x = g - 0.35 + width * (k + 0.5)
             v = values.get((b, variant))
-            bx = gx + k * bar_w
-            if v is None:
-                draw.text((bx + bar_w / 2, ax_b - 8), "n/a", fill="gray", font=small, anchor="mb")
+            if v is None:  # a configuration that failed (e.g. out of memory)
+                ax.text(x, 0.01, "n/a", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        color="gray", fontsize=8)
                 continue
-            by = ax_b - (ax_b - ax_t) * v / top
-            draw.rectangle([bx, by, bx + bar_w - 2, ax_b], fill=COLORS.get(variant, (120, 120, 120)))
-            draw.text((bx + bar_w / 2, by - 2), _fmt(v), fill="black", font=small, anchor="mb")
-        draw.text((gx + group_w * 0.35, ax_b + 6), f"batch {b}", fill="black", font=small, anchor="mt")
+            bars = ax.bar(x, v, width * 0.97, color=COLORS.get(variant, OTHER_COLOR))
+            ax.bar_label(bars, labels=[_fmt(v)], padding=2, fontsize=8)
+    known = [v for v in values.values() if v is not None]
+    ax.set_ylim(0, 1.12 * max(known) if known and max(known) > 0 else 1.0)
+    ax.set_xlim(-0.5, max(1, len(batches)) - 0.5)
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches], fontsize=9)
+    if known and max(known) >= 1000:
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="y", color="#e1e1e1")
+    ax.set_axisbelow(True)
+    ax.spines[["top", "right"]].set_visible(False)
 
 
 def training_figure(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> str:
@@ -85,22 +69,26 @@ def training_figure(rows: Sequence[dict[str, Any]], path: str, title: str = "") 
     """
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     variants = [v for v in ("full", "pocket") if any(r["variant"] == v for r in rows)]
-    header = 52
-    img = Image.new("RGB", (2 * PANEL_W, header + PANEL_H * max(1, len(archs))), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 8), title or "Training memory and time per step, full vs pocket", fill="black", font=_font(15))
-    lx = 10
-    for v in variants:  # legend
-        draw.rectangle([lx, 32, lx + 14, 44], fill=COLORS[v])
-        draw.text((lx + 20, 38), v, fill="black", font=_font(13), anchor="lm")
-        lx += 90
+    n = max(1, len(archs))
+    fig = Figure(figsize=(2 * PANEL_W, HEADER_H + PANEL_H * n), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    header, body = fig.subfigures(2, 1, height_ratios=[HEADER_H, PANEL_H * n])
+    # title and legend in a header band of their own, so neither overlaps the other or a panel
+    header.text(0.01, 0.92, title or "Training memory and time per step, full vs pocket", va="top", fontsize=11)
+    if variants:
+        header.legend(handles=[Patch(color=COLORS[v], label=v) for v in variants], loc="lower left",
+                      bbox_to_anchor=(0.0, 0.0), ncols=len(variants), frameon=False, fontsize=9)
+    axes = body.subplots(n, 2, squeeze=False)
     for i, arch in enumerate(archs):
         sub = [r for r in rows if r["arch"] == arch]
         batches = sorted({int(r["batch"]) for r in sub})
         mem = {(int(r["batch"]), r["variant"]): r.get("step_peak_mib") for r in sub}
         sec = {(int(r["batch"]), r["variant"]): r.get("step_median_s") for r in sub}
-        y0 = header + i * PANEL_H
-        _panel(draw, 0, y0, f"{arch}: peak training memory (MiB)", batches, mem, variants)
-        _panel(draw, PANEL_W, y0, f"{arch}: time per training step (s)", batches, sec, variants)
-    img.save(path)
+        _panel(axes[i, 0], f"{arch}: peak training memory (MiB)", batches, mem, variants)
+        _panel(axes[i, 1], f"{arch}: time per training step (s)", batches, sec, variants)
+    if not archs:
+        for ax in axes[0]:
+            ax.set_axis_off()
+        axes[0, 0].text(0, 0.5, "no training measurements", transform=axes[0, 0].transAxes)
+    fig.savefig(path, format="png")
     return path
