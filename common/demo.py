@@ -16,8 +16,7 @@ from pathlib import Path
 
 import fire
 
-from common.data.datalists import nfbs
-from common.data.lookalike import write_nfbs
+from common.datasets import nfbs
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "nfbs_brain_mri_segmentation"
@@ -40,9 +39,9 @@ def demo(out: str = "demo_output", cases: int = 8, epochs: int = 10, arch: str =
     start = time.time()
     out_dir = Path(out).resolve()
     print(f"=== look-alike NFBS data: {cases} T1 volumes with brain masks -> {out_dir / 'data'}", flush=True)
-    dataset_dir = write_nfbs(str(out_dir / "data"), cases=cases, seed=0, size=40)
+    dataset_dir = nfbs.write_lookalike(str(out_dir / "data"), cases=cases, seed=0, size=40)
     datalist = str(out_dir / "nfbs_datalist.json")
-    nfbs(dataset_dir, out=datalist)
+    nfbs.build_datalist(dataset_dir, out=datalist)
     bundle_root = str(out_dir / "bundle")
     configs = BUNDLE / "configs"
     common = [

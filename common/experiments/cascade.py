@@ -29,7 +29,7 @@ from monai.bundle import ConfigWorkflow
 
 from common import REPO_ROOT as ROOT
 from common.data.datalists import assign_folds, save_datalist
-from common.data.lookalike import write_brats, write_lits
+from common.datasets import brats, lits
 from common.networks import count_parameters
 
 BUNDLES = {"lits": "lits_liver_ct_segmentation", "brats": "brats_tumor_mri_segmentation"}
@@ -64,12 +64,12 @@ def run_configs(configs_dir: Path, files: list[str], workflow_type: str, bundle_
 def make_data(task: str, out: Path, cases: int, size: int, seed: int) -> dict[str, str]:
     """Look-alike cases in the real layout and a 5-fold data list for them (fold 0 is validation)."""
     if task == "lits":
-        ds = write_lits(str(out / "LiTS"), cases=cases, seed=seed, size=size)
+        ds = lits.write_lookalike(str(out / "LiTS"), cases=cases, seed=seed, size=size)
         entries = [{"image": f"volume-{n}.nii", "label": f"segmentation-{n}.nii"} for n in range(cases)]
         labels = {"0": "background", "1": "liver", "2": "tumour"}
     elif task == "brats":
         ids = list(range(1, cases + 1))
-        ds = write_brats(str(out / "brats"), seed=seed, size=size, ids=ids)
+        ds = brats.write_lookalike(str(out / "brats"), seed=seed, size=size, ids=ids)
         mods = ("t1", "t1ce", "t2", "flair")
         entries = [
             {"image": [f"BraTS20_Training_{n:03d}/BraTS20_Training_{n:03d}_{m}.nii" for m in mods],

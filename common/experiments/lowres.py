@@ -32,8 +32,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from common import BUNDLES_DIR
-from common.data.datalists import msd
-from common.data.lookalike import write_prostate
+from common.datasets import prostate
 
 __all__ = ["BUDGETS", "BUNDLE_DIR", "make_data", "run_variant", "run", "format_table", "main"]
 
@@ -61,10 +60,10 @@ def make_data(out: str | Path, cases: int, seed: int, size: int) -> tuple[str, s
     wanted = {"cases": int(cases), "seed": int(seed), "size": int(size)}
     dataset_dir = data_dir / "Task05_Prostate"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted and (dataset_dir / "dataset.json").is_file()):
-        dataset_dir = Path(write_prostate(str(data_dir), cases=cases, seed=seed, size=size))
+        dataset_dir = Path(prostate.write_lookalike(str(data_dir), cases=cases, seed=seed, size=size))
         stamp.write_text(json.dumps(wanted))
     datalist = data_dir / "msd_prostate.json"
-    msd(str(dataset_dir), out=str(datalist))
+    prostate.build_datalist(str(dataset_dir), out=str(datalist))
     return str(dataset_dir), str(datalist)
 
 

@@ -16,8 +16,8 @@ from monai.bundle import ConfigParser
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
 from common.data.datalists import save_datalist
-from common.data.lookalike import write_brats
 from common.datasets.brats import find_cases, regions_to_labels, stack_cases
+from common.datasets.brats import write_lookalike as write_brats
 
 BUNDLE = "brats_tumor_mri_segmentation"
 # Case numbers of the committed list: fold 0 holds 4 and 7 (validation), the other 7 train, 355 among them.

@@ -14,8 +14,8 @@ from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json,
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from common.data.datalists import covidx
-from common.data.lookalike import write_covidx
+from common.datasets.covidx import build_datalist as covidx
+from common.datasets.covidx import write_lookalike as write_covidx
 from common.networks import count_parameters
 
 BUNDLE = "covidx_cxr_classification"

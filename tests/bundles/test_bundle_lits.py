@@ -18,7 +18,7 @@ from monai.bundle import ConfigParser
 
 from common.data.datalists import assign_folds, save_datalist
 from common.data.fingerprint import compute
-from common.data.lookalike import write_lits
+from common.datasets.lits import write_lookalike as write_lits
 
 BUNDLE = "lits_liver_ct_segmentation"
 CASES = 8

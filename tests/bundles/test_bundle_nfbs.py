@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
 
-from common.data.datalists import nfbs
-from common.data.lookalike import write_nfbs
+from common.datasets.nfbs import build_datalist as nfbs
+from common.datasets.nfbs import write_lookalike as write_nfbs
 
 BUNDLE = "nfbs_brain_mri_segmentation"
 TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "init_filters": 16, "cache_rate": 1.0}

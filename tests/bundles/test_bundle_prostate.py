@@ -17,8 +17,8 @@ import torch
 from bundle_helpers import ROOT, SCHEMA, assert_training_refuses, bundle_dir, read_json, run_workflow
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata
 
-from common.data.datalists import msd
-from common.data.lookalike import write_prostate
+from common.datasets.prostate import build_datalist as msd
+from common.datasets.prostate import write_lookalike as write_prostate
 from common.experiments import lowres as lowres_experiment
 from common.losses.multiscale import MultiScaleLoss
 
