@@ -1,218 +1,78 @@
-"""Tests of common.data.datalists: canonical lists, builders from downloads, folds and load_fold."""
+"""Tests of common.data.datalists, the part every dataset shares: folds, writing, load_fold, find_images.
+
+Each dataset's own list (names, quirks, errors) is tested in tests/datasets/test_<name>.py.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from monai.data import load_decathlon_datalist
 
-from common import REPO_ROOT
 from common.data import datalists
-
-REPO = REPO_ROOT
-
-
-def _fold_sizes(entries: list[dict]) -> list[int]:
-    counts = Counter(e["fold"] for e in entries)
-    assert set(counts) == set(range(datalists.NUM_FOLDS))
-    return [counts[k] for k in range(datalists.NUM_FOLDS)]
+from common.datasets import brats
 
 
-def _assert_balanced(entries: list[dict]) -> None:
-    sizes = _fold_sizes(entries)
-    assert max(sizes) - min(sizes) <= 1, sizes
+def _save(tmp_path: Path, datalist: dict) -> str:
+    return str(datalists.save_datalist(datalist, tmp_path / "list.json"))
 
 
-# ------------------------------------------------------------------------------------ canonical
-def test_lits_names_folds_and_determinism(tmp_path: Path) -> None:
-    d = datalists.lits(out=str(tmp_path / "lits.json"))
-    train = d["training"]
-    assert len(train) == 131
-    assert [e["image"] for e in train] == [f"volume-{n}.nii" for n in range(131)]
-    assert [e["label"] for e in train] == [f"segmentation-{n}.nii" for n in range(131)]
-    assert d["num_folds"] == 5 and d["testing"] == []
-    _assert_balanced(train)
-    assert datalists.lits() == d
-    assert "Training Batch" in d["description"]
-    assert json.loads((tmp_path / "lits.json").read_text()) == d
-
-
-def test_brats_channels_and_case_355() -> None:
-    d = datalists.brats()
-    train = d["training"]
-    assert len(train) == 369
-    _assert_balanced(train)
-    first = train[0]
-    case = "BraTS20_Training_001"
-    assert first["image"] == [f"{case}/{case}_{c}.nii" for c in ("t1", "t1ce", "t2", "flair")]
-    assert first["label"] == f"{case}/{case}_seg.nii"
-    by_case = {e["label"].split("/")[0]: e for e in train}
-    assert by_case["BraTS20_Training_355"]["label"] == "BraTS20_Training_355/W39_1998.09.19_Segm.nii"
-    assert (
-        by_case["BraTS20_Training_355"]["image"][3] == "BraTS20_Training_355/BraTS20_Training_355_flair.nii"
-    )
-    assert by_case["BraTS20_Training_369"]["label"].endswith("BraTS20_Training_369_seg.nii")
-    assert datalists.brats() == d
-
-
-def test_write_all_matches_committed_and_monai_reads(tmp_path: Path) -> None:
-    written = datalists.write_all(str(tmp_path))
-    assert sorted(Path(p).name for p in written) == ["brats2020.json", "lits.json"]
-    for name in ("lits.json", "brats2020.json"):
-        committed = REPO / "data_lists" / name
-        if committed.exists():  # the committed files must be exactly what the command generates
-            assert committed.read_text() == (tmp_path / name).read_text()
-    lits = load_decathlon_datalist(tmp_path / "lits.json", True, "training", base_dir="/data/lits")
-    assert len(lits) == 131 and lits[5]["image"] == os.path.normpath("/data/lits/volume-5.nii")
-    brats = load_decathlon_datalist(tmp_path / "brats2020.json", True, "training", base_dir="/b")
-    assert len(brats) == 369 and isinstance(brats[0]["image"], list) and len(brats[0]["image"]) == 4
-
-
+# ---------------------------------------------------------------------------------------------- folds
 def test_assign_folds_order_independent() -> None:
     ids = [f"s{i}" for i in range(23)]
     a = datalists.assign_folds(ids)
     b = datalists.assign_folds(list(reversed(ids)))
     assert a == b
     sizes = Counter(a.values())
-    assert max(sizes.values()) - min(sizes.values()) <= 1
+    assert set(sizes) == set(range(datalists.NUM_FOLDS)) and max(sizes.values()) - min(sizes.values()) <= 1
+    assert datalists.assign_folds(ids, seed=datalists.SEED + 1) != a
 
 
-# ----------------------------------------------------------------------------------------- NFBS
-def _make_nfbs(root: Path, ids: list[str]) -> None:
-    for sid in ids:
-        (root / sid).mkdir(parents=True)
-        for suffix in ("", "_brain", "_brainmask"):
-            (root / sid / f"sub-{sid}_ses-NFB3_T1w{suffix}.nii.gz").write_bytes(b"x")
+def test_assign_group_folds_keeps_patients_together_and_spreads_positives() -> None:
+    groups = {f"p{i}": [1] * (i % 3) + [0] * (1 + i % 2) for i in range(30)}
+    folds = datalists.assign_group_folds(groups)
+    assert set(folds) == set(groups)
+    images = Counter()
+    positives = Counter()
+    for pid, labels in groups.items():
+        images[folds[pid]] += len(labels)
+        positives[folds[pid]] += sum(labels)
+    assert max(images.values()) - min(images.values()) <= 3
+    assert max(positives.values()) - min(positives.values()) <= 2
+    assert datalists.assign_group_folds(dict(reversed(list(groups.items())))) == folds
 
 
-def test_nfbs_scan(tmp_path: Path) -> None:
-    ids = ["A00028185", "A00019888", "A00055447", "A00032875", "A00060925", "A00061204", "A00057965"]
-    _make_nfbs(tmp_path, ids)
-    (tmp_path / "README.txt").write_text("not a subject")
-    d = datalists.nfbs(str(tmp_path), out=str(tmp_path / "nfbs.json"))
-    train = d["training"]
-    assert [e["image"].split("/")[0] for e in train] == sorted(ids)
-    assert train[0] == {
-        "image": "A00019888/sub-A00019888_ses-NFB3_T1w.nii.gz",
-        "label": "A00019888/sub-A00019888_ses-NFB3_T1w_brainmask.nii.gz",
-        "fold": train[0]["fold"],
-    }
-    _assert_balanced(train)
-    loaded = load_decathlon_datalist(tmp_path / "nfbs.json", True, "training", base_dir=tmp_path)
-    assert all(os.path.isfile(e["image"]) and os.path.isfile(e["label"]) for e in loaded)
+# -------------------------------------------------------------------------------------------- writing
+def test_header_save_and_finish(tmp_path: Path) -> None:
+    d = datalists.datalist_header("Toy", "Two cases.", {"0": "background", "1": "thing"}, {"0": "CT"})
+    assert list(d) == ["name", "description", "labels", "modality", "num_folds"]
+    assert d["num_folds"] == datalists.NUM_FOLDS
+    d["training"] = [{"image": "a.nii", "label": "a_seg.nii", "fold": 0}, {"image": "b.nii", "label": 1, "fold": 1}]
+    d["testing"] = []
+    out = tmp_path / "sub" / "toy.json"
+    assert datalists.finish_datalist(d, out) is d
+    text = out.read_text(encoding="utf-8")
+    assert json.loads(text) == d
+    lines = text.splitlines()  # one case per line, so a committed list diffs case by case
+    assert '    {"image": "a.nii", "label": "a_seg.nii", "fold": 0},' in lines
+    assert '    {"image": "b.nii", "label": 1, "fold": 1}' in lines
+    assert datalists.finish_datalist(d, None) is d
 
 
-def test_nfbs_missing_file(tmp_path: Path) -> None:
-    _make_nfbs(tmp_path, ["A1", "A2"])
-    (tmp_path / "A2" / "sub-A2_ses-NFB3_T1w_brainmask.nii.gz").unlink()
+def test_dataset_root_names_the_missing_folder(tmp_path: Path) -> None:
+    assert datalists.dataset_root(str(tmp_path), "NFBS_Dataset") == tmp_path
     with pytest.raises(FileNotFoundError) as err:
-        datalists.nfbs(str(tmp_path))
-    msg = str(err.value)
-    assert str(tmp_path / "A2") in msg and "sub-A2_ses-NFB3_T1w_brainmask.nii.gz" in msg
-    assert "\n" not in msg
+        datalists.dataset_root(str(tmp_path / "nope"), "COVIDx")
+    assert str(err.value) == f"COVIDx folder {tmp_path / 'nope'} does not exist or is not a folder."
 
 
-# --------------------------------------------------------------------------------------- COVIDx
-def _write_covidx(root: Path) -> None:
-    train = [
-        "419639-003251 MIDRC-RICORD-1C-419639-003251-46647-0.png positive ricord",
-        "419639-003251 MIDRC-RICORD-1C-419639-003251-46647-1.png positive ricord",
-        "419639-003251 MIDRC-RICORD-1C-419639-003251-46647-2.png positive ricord",
-        "5 ARDSSevere.png negative cohen",
-        "",
-        "313b 313b-a.jpg negative cohen",
-        "313b 313b-b.JPEG negative cohen",
-        "ANON56 CR.1.2.840.png negative actmed",
-    ]
-    train += [f"p{i} p{i}.png {'positive' if i % 3 == 0 else 'negative'} rsna" for i in range(20)]
-    (root / "train_COVIDx8B.txt").write_text("\n".join(train) + "\n\n")
-    test = ["t1 t1.png positive ricord", "t2 t2.png negative rsna"]
-    (root / "test_COVIDx8B.txt").write_text("\n".join(test) + "\n")
-
-
-def test_covidx_parse_and_patient_folds(tmp_path: Path) -> None:
-    _write_covidx(tmp_path)
-    d = datalists.covidx(str(tmp_path), out=str(tmp_path / "covidx.json"))
-    train = d["training"]
-    assert len(train) == 27
-    assert train[0] == {
-        "image": "train/MIDRC-RICORD-1C-419639-003251-46647-0.png",
-        "label": 1,
-        "fold": train[0]["fold"],
-    }
-    assert {e["label"] for e in train if e["image"] == "train/ARDSSevere.png"} == {0}
-    # all images of one patient in one fold
-    assert len({e["fold"] for e in train if "419639-003251" in e["image"]}) == 1
-    assert len({e["fold"] for e in train if "313b" in e["image"]}) == 1
-    assert set(Counter(e["fold"] for e in train)) == set(range(5))
-    positives = Counter(e["fold"] for e in train if e["label"] == 1)
-    assert set(positives) == set(range(5))  # positives spread over every fold
-    assert d["testing"] == [{"image": "test/t1.png", "label": 1}, {"image": "test/t2.png", "label": 0}]
-    assert datalists.covidx(str(tmp_path)) == d
-    loaded = load_decathlon_datalist(tmp_path / "covidx.json", False, "testing", base_dir="/c")
-    assert loaded[0] == {"image": os.path.normpath("/c/test/t1.png"), "label": 1}
-
-
-def test_covidx_malformed_line(tmp_path: Path) -> None:
-    _write_covidx(tmp_path)
-    path = tmp_path / "test_COVIDx8B.txt"
-    path.write_text("t1 t1.png positive ricord\n\nt2 t2.png maybe rsna\n")
-    with pytest.raises(ValueError) as err:
-        datalists.covidx(str(tmp_path))
-    assert str(path) in str(err.value) and "line 3" in str(err.value)
-    path.write_text("t1 t1.png positive\n")
-    with pytest.raises(ValueError, match="line 1"):
-        datalists.covidx(str(tmp_path))
-
-
-# ------------------------------------------------------------------------------------------ MSD
-def test_msd_dataset_json(tmp_path: Path) -> None:
-    src = {
-        "name": "PROSTATE",
-        "description": "Prostate transitional zone and peripheral zone segmentation",
-        "relase": "1.0 04/05/2018",
-        "tensorImageSize": "4D",
-        "modality": {"0": "T2", "1": "ADC"},
-        "labels": {"0": "background", "1": "PZ", "2": "TZ"},
-        "numTraining": 7,
-        "training": [
-            {"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"}
-            for i in (16, 4, 32, 0, 1, 2, 6)
-        ]
-        + [{"image": "./imagesTr/._prostate_16.nii.gz", "label": "./labelsTr/._prostate_16.nii.gz"}],
-        "test": [
-            "./imagesTs/prostate_08.nii.gz",
-            "./imagesTs/._prostate_08.nii.gz",
-            "./imagesTs/prostate_22.nii.gz",
-        ],
-    }
-    (tmp_path / "dataset.json").write_text(json.dumps(src))
-    d = datalists.msd(str(tmp_path), out=str(tmp_path / "msd.json"))
-    assert d["name"] == "PROSTATE" and d["labels"] == src["labels"] and d["modality"] == src["modality"]
-    assert d["description"] == src["description"]
-    assert len(d["training"]) == 7
-    assert d["training"][0]["image"] == "imagesTr/prostate_16.nii.gz"
-    assert d["training"][0]["label"] == "labelsTr/prostate_16.nii.gz"
-    assert not any("._" in e["image"] or "._" in e["label"] for e in d["training"])
-    _assert_balanced(d["training"])
-    assert d["testing"] == [
-        {"image": "imagesTs/prostate_08.nii.gz"},
-        {"image": "imagesTs/prostate_22.nii.gz"},
-    ]
-    loaded = load_decathlon_datalist(tmp_path / "msd.json", True, "testing")
-    assert loaded[1]["image"] == os.path.normpath(str(tmp_path / "imagesTs/prostate_22.nii.gz"))
-
-
-# ------------------------------------------------------------------------------------ load_fold
+# ------------------------------------------------------------------------------------------ load_fold
 def test_load_fold_splits(tmp_path: Path) -> None:
-    datalists.brats(out=str(tmp_path / "brats.json"))
     f = str(tmp_path / "brats.json")
+    brats.build_datalist(out=f)
     root = tmp_path / "data"
     train = datalists.load_fold(f, str(root), 2, "train")
     val = datalists.load_fold(f, str(root), 2, "val")
@@ -233,26 +93,39 @@ def test_load_fold_splits(tmp_path: Path) -> None:
 
 
 def test_load_fold_test_split_and_int_labels(tmp_path: Path) -> None:
-    _write_covidx(tmp_path)
-    datalists.covidx(str(tmp_path), out=str(tmp_path / "c.json"))
-    test = datalists.load_fold(str(tmp_path / "c.json"), str(tmp_path), 0, "test")
-    assert test == [
+    f = _save(tmp_path, {
+        "num_folds": 2,
+        "training": [{"image": "train/a.png", "label": 1, "fold": 0}, {"image": "train/b.png", "label": 0, "fold": 1}],
+        "testing": [{"image": "test/t1.png", "label": 1}, {"image": "./test/t2.png", "label": 0}],
+    })
+    assert datalists.load_fold(f, str(tmp_path), 0, "test") == [
         {"image": str(tmp_path / "test" / "t1.png"), "label": 1},
         {"image": str(tmp_path / "test" / "t2.png"), "label": 0},
     ]
-    val = datalists.load_fold(str(tmp_path / "c.json"), str(tmp_path), 1, "val")
-    assert val and all(isinstance(e["label"], int) for e in val)
+    assert datalists.load_fold(f, str(tmp_path), 1, "val") == [{"image": str(tmp_path / "train" / "b.png"), "label": 0}]
+    with pytest.raises(ValueError, match="0..1"):
+        datalists.load_fold(f, str(tmp_path), 2, "train")
 
 
-def test_cli_write_and_summary(tmp_path: Path) -> None:
-    out = tmp_path / "lits.json"
-    res = subprocess.run(
-        [sys.executable, "-m", "common.data.datalists", "lits", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert res.returncode == 0, res.stderr
-    assert "131 training cases" in res.stdout
-    assert json.loads(out.read_text()) == datalists.lits()
+def test_load_fold_msd_test_strings_and_missing_fold(tmp_path: Path) -> None:
+    f = _save(tmp_path, {"training": [{"image": "a.nii"}], "test": ["imagesTs/x.nii.gz"]})
+    assert datalists.load_fold(f, "/d", 0, "test") == [{"image": os.path.normpath("/d/imagesTs/x.nii.gz")}]
+    assert datalists.load_fold(f, "/d", 0, "all") == [{"image": os.path.normpath("/d/a.nii")}]
+    with pytest.raises(ValueError, match="has no 'fold' key"):
+        datalists.load_fold(f, "/d", 0, "train")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        datalists.load_fold(str(tmp_path / "missing.json"), "/d", 0, "train")
+
+
+# ---------------------------------------------------------------------------------------- find_images
+def test_find_images_sorted_without_macos_junk(tmp_path: Path) -> None:
+    for name in ("b.nii.gz", "a.nii.gz", "._a.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert datalists.find_images(str(tmp_path), "*.nii.gz") == [
+        {"image": str(tmp_path / "a.nii.gz")},
+        {"image": str(tmp_path / "b.nii.gz")},
+    ]
+    with pytest.raises(FileNotFoundError, match=r"no input image matches '\*\.nii'"):
+        datalists.find_images(str(tmp_path), "*.nii")
+    with pytest.raises(FileNotFoundError, match="input folder does not exist"):
+        datalists.find_images(str(tmp_path / "missing"), "*.nii.gz")
