@@ -7,6 +7,7 @@ Outputs and hooks only; no wall-clock assertions (docs/benchmarks.md has the tim
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from common.training import cpu as perf
 
 BUNDLES = all_bundles()
 CONFIGS = [["train.json"], ["train.json", "evaluate.json"], ["inference.json"]]
+# listed under "skipped tests" at the end of the run (tests/conftest.py) where the CPU lacks the kernels
+NO_BF16 = "no oneDNN bf16 kernels on this CPU (common.training.cpu.bf16_support()['mkldnn_bf16'] is False)"
 
 
 def _parser(bundle: str, configs: list[str], **override) -> ConfigParser:
@@ -83,7 +86,7 @@ def test_channels_last_converts_inputs_and_keeps_outputs(bundle):
     assert list(fast.state_dict()) == list(plain.state_dict())
 
 
-@pytest.mark.skipif(not perf.bf16_support()["mkldnn_bf16"], reason="no bf16 kernels on this CPU")
+@pytest.mark.skipif(not perf.bf16_support()["mkldnn_bf16"], reason=NO_BF16)
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_bf16_autocast_keeps_outputs_close_and_fp32(bundle):
     plain = _parser(bundle, ["inference.json"], channels_last=False, bf16=False).get_parsed_content("network")
@@ -101,19 +104,44 @@ def test_bf16_autocast_keeps_outputs_close_and_fp32(bundle):
     assert not torch.is_autocast_enabled("cpu")
 
 
-def test_bf16_auto_follows_native_support():
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_native_support(monkeypatch, native):
+    support = {"mkldnn": True, "mkldnn_bf16": True, "native": native}
+    monkeypatch.setattr(perf, "bf16_support", lambda: support)
     net = _parser(BUNDLES[0], ["inference.json"], channels_last=False, bf16="auto").get_parsed_content("network")
-    assert _hooks(net) == (2 if perf.bf16_support()["native"] else 0)
+    assert _hooks(net) == (2 if native else 0)  # the autocast pre-hook and hook, or none
+    forced = _parser(BUNDLES[0], ["inference.json"], channels_last=False, bf16=True).get_parsed_content("network")
+    assert _hooks(forced) == 2  # an explicit True does not ask the hardware
 
 
-def test_cpu_threads_sets_the_intra_op_threads():
+@pytest.mark.parametrize(
+    "cores,load,threads",
+    [(4, 0.0, 4), (4, 1.4, 3), (4, 1.6, 2), (2, 7.0, 1), (8, 2.5, 6), (2, None, 2)],
+)
+def test_auto_threads_leave_out_the_busy_cores(monkeypatch, cores, load, threads):
+    """``cores - 1-minute load``, rounded, at least 1; every core where there is no load average."""
+
+    def loadavg():
+        if load is None:
+            raise OSError("no load average")
+        return (load, 0.0, 0.0)
+
+    monkeypatch.setattr(os, "getloadavg", loadavg)
+    monkeypatch.setattr(perf, "physical_cores", lambda: cores)
+    assert perf.auto_threads() == threads
+    assert perf.auto_threads(cores=cores) == threads
+
+
+def test_cpu_threads_sets_the_intra_op_threads(monkeypatch):
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    monkeypatch.setattr(perf, "physical_cores", lambda: 4)
     try:
         _parser(BUNDLES[0], ["inference.json"], cpu_threads=1).get_parsed_content("network")
         assert torch.get_num_threads() == 1
-        torch.set_num_threads(before)
         _parser(BUNDLES[0], ["inference.json"], cpu_threads="auto").get_parsed_content("network")
-        assert 1 <= torch.get_num_threads() <= perf.physical_cores()
+        assert torch.get_num_threads() == 3  # 4 cores, 1.4 of them busy
     finally:
         torch.set_num_threads(before)
 
@@ -143,5 +171,24 @@ def test_perf_bundles_ab_on_a_2d_bundle():
     before = torch.get_num_threads()
     r = ab("prostate_mri_segmentation", (2, 1, 32, 32), "channels_last", pairs=1)
     assert r["max_rel_diff"] < 1e-4
-    assert r["train"]["speedup"] > 0 and r["infer"]["speedup"] > 0
+    for mode in ("train", "infer"):  # one pair: the speed-up is baseline time over option time
+        t = r[mode]
+        assert t["speedup"] == pytest.approx(t["baseline_s"] / t["option_s"], rel=1e-12), (mode, t)
     assert torch.get_num_threads() == before
+
+
+def test_gflops_are_the_operation_count_over_the_median_time(monkeypatch):
+    calls = []
+
+    def half_a_second(fn, repeats=5, warmup=1):
+        calls.append(fn())
+        return 0.5
+
+    monkeypatch.setattr(perf, "_median_time", half_a_second)
+    assert perf.gemm_gflops(n=8) == pytest.approx(2 * 8**3 / 0.5 / 1e9)
+    assert tuple(calls[-1].shape) == (8, 8)  # the timed call is the matrix product
+    macs = 6**3 * 27 * 2 * 2  # output voxels x kernel x in x out channels
+    for layout in ("contiguous", "channels_last"):
+        assert perf.conv_gflops(channels=2, size=6, layout=layout) == pytest.approx(2 * macs / 0.5 / 1e9)
+    with pytest.raises(ValueError, match="layout"):
+        perf.conv_gflops(channels=2, size=6, layout="nchw")
