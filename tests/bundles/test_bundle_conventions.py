@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -103,3 +104,123 @@ def test_torchscript_export_and_reload(bundle, tmp_path):
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
+
+
+# ------------------------------------------------------------------------------- what the bundles share
+# The bundles are self-contained (model-zoo style): what they have in common is copied into each. These tests
+# keep the copies equal. What one bundle adds on purpose is listed here, by bundle and key; anything else that
+# differs fails. LiTS refuses to train or infer on placeholder intensity statistics (common.data.fingerprint).
+SPECIFIC = {"lits_liver_ct_segmentation": {"initialize": ["$common.data.fingerprint.check(@fingerprint)"]}}
+SHARED = {
+    "train.json": ["initialize", "run", "finalize", "training", "train#handlers", "train#log_handlers",
+                   "train#trainer#train_handlers", "train#resume_handlers", "train#save_handlers"],
+    "evaluate.json": ["initialize", "run", "finalize", "evaluating"],
+    "inference.json": ["initialize", "run", "finalize", "inferring"],
+}
+# Each overlay and the config stacks it is merged onto (configs/<name> after these files).
+OVERLAY_BASES = {
+    "multi_gpu_train.json": [["train.json"]],
+    "evaluate.json": [["train.json"]],
+    "regions.json": [["train.json"], ["train.json", "evaluate.json"], ["inference.json"]],
+    "train_slab.json": [["train.json"]],
+    "train_cascade_stage1.json": [["train.json"]],
+    "train_cascade_stage2.json": [["train.json"]],
+    "train_cascade_stage2_predicted.json": [["train.json", "train_cascade_stage2.json"]],
+    "evaluate_slab.json": [["train.json", "evaluate.json"]],
+    "evaluate_cascade.json": [["train.json", "evaluate.json"]],
+    "inference_slab.json": [["inference.json"]],
+    "inference_cascade.json": [["inference.json"]],
+}
+# Nested ids an overlay may add; every other nested id it sets must replace one of its base, so that renaming
+# a key in train.json cannot leave an overlay silently setting a key nothing reads.
+NEW_NESTED = {
+    "multi_gpu_train.json": {"train#sampler", "train#dataloader#sampler", "validate#sampler",
+                             "validate#dataloader#sampler"},
+    "evaluate.json": {"validate#additional_metrics", "validate#evaluator#additional_metrics",
+                      "validate#strategy_transforms"},
+}
+
+
+def _raw(bundle: str, config: str, key: str):
+    """The unparsed value ``config`` gives ``key`` (``a#b`` looks into ``a``; an overlay's own ``a#b`` counts)."""
+    value = json.loads((bundle_dir(bundle) / "configs" / config).read_text())
+    if key in value:
+        return value[key]
+    for part in key.split("#"):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _without_specific(bundle: str, key: str, value):
+    """``value`` less what SPECIFIC lists for ``bundle`` and ``key``, which must all be there."""
+    extras = SPECIFIC.get(bundle, {}).get(key, [])
+    if not extras or value is None:
+        return value
+    missing = [e for e in extras if e not in value]
+    assert not missing, f"SPECIFIC lists {missing} for {bundle} {key}, which its config no longer has"
+    return [v for v in value if v not in extras]
+
+
+def _assert_same(values: dict[str, object], what: str) -> None:
+    groups: dict[str, list[str]] = {}
+    for bundle, value in values.items():
+        groups.setdefault(json.dumps(value, sort_keys=True, indent=1), []).append(bundle)
+    assert len(groups) == 1, f"{what} differs across bundles:\n" + "\n".join(
+        f"--- {', '.join(names)}:\n{value}" for value, names in groups.items())
+
+
+@pytest.mark.parametrize("config,key", [(c, k) for c, keys in SHARED.items() for k in keys])
+def test_shared_sections_are_equal_across_bundles(config, key):
+    """The initialize/run/finalize pattern, the trainer's handlers and the resume handlers are one design."""
+    values = {b: _without_specific(b, key, _raw(b, config, key)) for b in BUNDLES}
+    if key in ("run", "training", "evaluating", "inferring", "train#handlers", "train#resume_handlers"):
+        assert all(v is not None for v in values.values()), f"{config} {key} missing: {values}"
+    _assert_same(values, f"{config} {key}")
+
+
+def test_multi_gpu_configs_are_one_file():
+    """multi_gpu_train.json is the same file in every bundle, but for the SPECIFIC additions."""
+    configs = {b: json.loads((bundle_dir(b) / "configs" / "multi_gpu_train.json").read_text()) for b in BUNDLES}
+    for key in sorted(set().union(*configs.values())):
+        _assert_same({b: _without_specific(b, key, c.get(key)) for b, c in configs.items()},
+                     f"multi_gpu_train.json {key}")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_multi_gpu_initialize_is_process_group_setup_then_the_train_initialize(bundle):
+    multi = _raw(bundle, "multi_gpu_train.json", "initialize")
+    single = _raw(bundle, "train.json", "initialize")
+    assert multi[-len(single):] == single, (multi, single)
+    assert any("init_process_group" in step for step in multi[: -len(single)])
+
+
+def test_logging_conf_is_byte_equal_across_bundles():
+    _assert_same({b: (bundle_dir(b) / "configs" / "logging.conf").read_text() for b in BUNDLES}, "logging.conf")
+    assert len({(bundle_dir(b) / "configs" / "logging.conf").read_bytes() for b in BUNDLES}) == 1  # line ends too
+
+
+def _overlays(bundle: str) -> list[str]:
+    names = sorted(p.name for p in (bundle_dir(bundle) / "configs").glob("*.json"))
+    return [n for n in names if n not in ("metadata.json", "train.json", "inference.json")]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_overlays_address_keys_that_exist(bundle):
+    """Every nested id an overlay sets replaces one of its base stack (or is listed in NEW_NESTED), and every
+    ``@id`` it refers to exists once merged: a renamed key cannot leave an overlay silently doing nothing."""
+    d = bundle_dir(bundle) / "configs"
+    for name in _overlays(bundle):
+        assert name in OVERLAY_BASES, f"{bundle}/{name}: add it to OVERLAY_BASES with the stacks it is merged onto"
+        overlay = json.loads((d / name).read_text())
+        for base in OVERLAY_BASES[name]:
+            parser = ConfigParser()
+            parser.read_config([str(d / f) for f in base])
+            added = {k.lstrip("+") for k in overlay if "#" in k and k.lstrip("+") not in parser}
+            unexpected = sorted(added - NEW_NESTED.get(name, set()))
+            assert not unexpected, f"{bundle}/{name} on {base} sets {unexpected}, which its base does not have"
+            parser.read_config([str(d / f) for f in [*base, name]])
+            refs = set(re.findall(r"@([A-Za-z_][\w#]*)", json.dumps(overlay)))
+            unknown = sorted(r for r in refs if r not in parser)
+            assert not unknown, f"{bundle}/{name} on {base} refers to {unknown}"
