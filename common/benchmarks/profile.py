@@ -41,10 +41,10 @@ from typing import Any
 import fire
 import torch
 
-from common.networks import ARCHS as ALL_ARCHS
+from common.networks import POCKETNET_ARCHS
 from common.training import cpu as perf
 
-SEGMENTERS = tuple(a for a in ALL_ARCHS if a != "classifier")
+SEGMENTERS = tuple(a for a in POCKETNET_ARCHS if a != "classifier")
 VARIANTS = ("full", "pocket")
 SECTIONS = ("size", "train", "infer", "speed")
 NFBS_VOLUME = (256, 256, 192)
@@ -428,13 +428,12 @@ def profile(
 
 def _forward_macs(arch: str, pocket: bool, patch: Sequence[int], size: int) -> int:
     """Forward MACs of the network built for ``patch`` on a ``size``^3 image (meta device)."""
-    from common.benchmarks.profile_measure import build_network, count_macs
+    from common.benchmarks.complexity import count_macs
+    from common.benchmarks.profile_measure import build_network
 
     with torch.device("meta"):
-        net = build_network(arch, pocket, patch).eval()  # BatchNorm accepts a 1^3 bottom level in eval
-        x = torch.zeros(1, 1, size, size, size)
-    with torch.no_grad():
-        return count_macs(net, x)
+        net = build_network(arch, pocket, patch)
+    return count_macs(net, (1, size, size, size), "forward")  # eval mode: BatchNorm accepts a 1^3 bottom level
 
 
 def _jsonable(obj: Any) -> Any:

@@ -11,10 +11,10 @@ reset is not available, ``ru_maxrss - RSS before`` is used, which can only over-
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (absolute) and the same minus
 ``memory_allocated`` before the work (step peak).
 
-MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device (shapes only,
-nothing is computed or allocated): ``MACs = FLOPs / 2``. It counts convolutions (transposed included)
-and matrix products only; normalisation, activations, pooling, up-sampling and element-wise ops add
-nothing. Backward counts the convolution gradients actually computed (no input gradient for the image).
+MACs are counted by ``common.benchmarks.complexity.count_macs`` on the ``meta`` device (shapes only, nothing is
+computed or allocated), rules ``"forward"`` and ``"forward_backward"``: ``torch.utils.flop_counter`` FLOPs / 2,
+convolutions (transposed included) and matrix products only. Backward counts the convolution gradients
+actually computed (no input gradient for the image).
 """
 
 from __future__ import annotations
@@ -34,17 +34,16 @@ from typing import Any
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from common.benchmarks.complexity import count_macs, sum_outputs
 from common.losses import loss_for_arch
-from common.networks import get_network
+from common.networks import count_parameters, get_network
 from common.training import cpu as perf
 
 MIB = 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 __all__ = [
     "build_network",
-    "count_macs",
     "depth_for_patch",
     "measure_infer",
     "measure_speed",
@@ -64,38 +63,13 @@ def build_network(arch: str, pocket: bool, patch: Sequence[int], init_filters: i
     return get_network(arch, 3, 1, 2, init_filters=init_filters, depth=depth_for_patch(patch), pocket=pocket)
 
 
-def _sum_outputs(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.float().sum()
-    if isinstance(out, dict):
-        out = list(out.values())
-    return sum(_sum_outputs(o) for o in out)
-
-
-def count_macs(model: nn.Module, *inputs: torch.Tensor, backward: bool = False) -> int:
-    """MACs (FLOPs / 2 of ``FlopCounterMode``: conv and matmul only) of ``model(*inputs)``.
-
-    With ``backward`` the backward pass of ``sum(output)`` is counted too (a training step without the
-    optimizer). Pass a model and inputs on the ``meta`` device to count from shapes alone.
-    """
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(*inputs)
-        if backward:
-            _sum_outputs(out).backward()
-    return counter.get_total_flops() // 2
-
-
 def network_stats(arch: str, pocket: bool, patch: Sequence[int], init_filters: int = 32) -> dict[str, int]:
     """Parameters, forward MACs and training (forward + backward) MACs for one image of ``patch`` size."""
     with torch.device("meta"):
         net = build_network(arch, pocket, patch, init_filters)
-        x = torch.zeros(1, 1, *patch)
-    params = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    with torch.no_grad():
-        fwd = count_macs(net, x)
-    train = count_macs(net, x, backward=True)
-    return {"params": params, "macs_forward": fwd, "macs_train": train}
+    shape = (1, *patch)
+    return {"params": count_parameters(net), "macs_forward": count_macs(net, shape, "forward"),
+            "macs_train": count_macs(net, shape, "forward_backward")}
 
 
 # ---------------------------------------------------------------- process memory (Linux /proc, resource)
@@ -251,7 +225,7 @@ def _page_in(net: nn.Module, arch: str, patch: Sequence[int], device: torch.devi
     was_training = net.training
     net.train()
     for b in (1, 2):
-        _sum_outputs(net(torch.randn(b, 1, side, side, side, device=device))).backward()
+        sum_outputs(net(torch.randn(b, 1, side, side, side, device=device))).backward()
     net.zero_grad(set_to_none=True)
     net.train(was_training)
 

@@ -1,4 +1,4 @@
-"""Slice-wise low-resolution segmentation for the prostate bundle: sizes, network builder, slice inferer.
+"""Slice-wise low-resolution segmentation for the prostate bundle: sizes, network, slice inferer.
 
 Why a module: the bundle trains a 2D network on axial slices of 3D volumes at a *low* input resolution
 (16..320 pixels a side), optionally with the up-scaling head of Ostrowski & Shafique, yet it must be scored
@@ -28,12 +28,9 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import Resize
 
-from common.networks.elunet import ELUNet
-from common.networks.upscale_head import UpscaleHead
+from common.networks import get_network
 
 __all__ = ["gt_side", "head_stages", "lowres_network", "highest_scale", "input_resizer", "LowResSliceInferer"]
-
-ARCHS = ("elunet", "unet", "resnet", "densenet")
 
 
 def gt_side(image_size: int, input_size: int) -> int:
@@ -64,23 +61,15 @@ def lowres_network(
     stages: int = 0,
     stage_skips: bool = False,
 ) -> nn.Module:
-    """2D backbone (``elunet``, or a PocketNet ``unet``/``resnet``/``densenet`` from ``get_network``), wrapped in
-    :class:`UpscaleHead` with ``stages`` x2 stages when ``head`` is on.
+    """The prostate bundle's network in its config's terms: ``get_network(arch, 2, ...)`` with the up-scaling
+    head of ``stages`` x2 stages when ``head`` is on (see ``common.networks.get_network``, ``head_stages``);
+    ``stage_skips`` only matters with the head.
 
     With the head the network returns every scale (lowest first) in training mode and only the highest in
     eval mode; without it, the backbone's logits at the input size.
     """
-    if arch == "elunet":
-        backbone: nn.Module = ELUNet(2, in_channels, num_classes, features, depth, pocket=pocket)
-    elif arch in ARCHS:
-        from common.networks import get_network
-
-        backbone = get_network(arch, 2, in_channels, num_classes, init_filters=features, depth=depth, pocket=pocket)
-    else:
-        raise ValueError(f"Unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}.")
-    if not head:
-        return backbone
-    return UpscaleHead(backbone, num_classes, stages, spatial_dims=2, stage_skips=stage_skips)
+    return get_network(arch, 2, in_channels, num_classes, init_filters=features, depth=depth, pocket=pocket,
+                       head_stages=stages if head else None, stage_skips=head and stage_skips)
 
 
 def highest_scale(pred: Any) -> Any:

@@ -1,20 +1,20 @@
 """Slab-wise 3D U-Net: predict a volume one thick slice ("slab") at a time, and train on random slabs.
 
 A whole-volume 3D U-Net keeps feature maps of the whole volume in memory; a slab-wise one only those of a
-``slab_size``-voxel-thick slab that spans the full extent of the other axes (the bachelor thesis "A
-Comparative Study of U-Net, Patch-wise U-Net, and Patch-wise U-Net Cascade": 16-voxel slabs, zero-padded
-last slab, no overlap).
+``slab_size``-voxel-thick slab that spans the full extent of the other axes (Wehen, "A Comparative Study of
+U-Net, Patch-wise U-Net, and Patch-wise U-Net Cascade", the slab-wise cascade study: 16-voxel slabs,
+zero-padded last slab, no overlap).
 
 **Axis convention.** Batched tensors are ``(B, C, H, W, D)`` (MONAI's channel-first layout of a NIfTI volume
 in voxel-index order i, j, k) and dict-transform items ``(C, H, W, D)``. ``axis`` counts the *spatial* axes
-only: ``0`` = H, ``1`` = W, ``2`` = D, and ``-1`` (the default) = D, the last axis, which is what the thesis
+only: ``0`` = H, ``1`` = W, ``2`` = D, and ``-1`` (the default) = D, the last axis, which is what the study's
 text says ("slice the scan in the last dimension"). Its code sliced the brain volumes along ``axis=1``
 (slabs of 240 x 16 x 155) and the liver volumes along ``axis=2`` (512 x 512 x 16).
 
-**The thesis' 3D U-Net is** ``thesis_unet()`` = ``get_network("unet", 3, C, K, init_filters=32, depth=4)``:
+**The study's 3D U-Net is** ``common.networks.get_network("unet", 3, C, K, init_filters=32, depth=4)``:
 widths 32/64/128/256/512, two conv3x3x3(bias)-BatchNorm(momentum 0.1)-ReLU per level, 2x max-pooling,
 ``ConvTranspose3d(c, c/2, 2, stride 2)`` up-sampling, concatenated skips, 1x1x1 output conv, logits out. It
-has 22,583,908 parameters for 4 input channels and 4 classes, the count of the thesis' ``UNet3d``; the pocket
+has 22,583,908 parameters for 4 input channels and 4 classes, the count of the study's ``UNet3d``; the pocket
 version (32 feature maps at every level) has 618,820. The one difference: ``UNet3d`` zero-pads up-sampled
 maps to the skip's size, so it accepts any size, while ours needs every axis to be a multiple of 16. The
 inferers here therefore zero-pad the volume (or slab) at the end of each axis to the network's multiple and
@@ -22,7 +22,7 @@ crop the output back (``multiple``; read from the network's ``multiple`` attribu
 
 **Training on slabs** (``RandSlabd``): foreground-weighted slab sampling, i.e. MONAI's
 ``RandCropByPosNegLabeld`` with a crop of ``slab_size`` along ``axis`` and the full extent elsewhere. See
-``RandSlabd`` for why this and not the thesis' skipping of empty slabs.
+``RandSlabd`` for why this and not the study's skipping of empty slabs.
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ from monai.inferers import Inferer, PatchInferer, SlidingWindowSplitter
 from monai.inferers.merger import AvgMerger, Merger
 from monai.transforms import Compose, DivisiblePadd, RandCropByPosNegLabeld, SpatialPadd
 from monai.utils import convert_to_dst_type, convert_to_tensor
-from torch import nn
-
-from common.networks import get_network
 
 __all__ = [
     "RandSlabd",
@@ -50,13 +47,7 @@ __all__ = [
     "network_multiple",
     "slab_patch_size",
     "spatial_axis",
-    "thesis_unet",
 ]
-
-
-def thesis_unet(in_channels: int, out_channels: int, pocket: bool = False) -> nn.Module:
-    """The thesis' 3D U-Net (32..512 feature maps, depth 4; see the module docstring), or its pocket version."""
-    return get_network("unet", 3, in_channels, out_channels, init_filters=32, depth=4, pocket=pocket)
 
 
 def spatial_axis(axis: int, spatial_dims: int) -> int:
@@ -148,10 +139,10 @@ class SlabInferer(Inferer):
     (zero-padded to ``multiple``); an ``AvgMerger`` writes each slab's
     output into its place (every voxel is predicted once, so the "average" is a copy) and crops the padding.
     ``SlidingWindowInferer(overlap=0)`` would shift the last window back to ``D - slab_size`` instead of
-    padding it, which is not the thesis' reassembly.
+    padding it, which is not the study's reassembly.
 
     Args:
-        slab_size: slab thickness in voxels (the thesis: 16); ``None`` predicts the whole volume in one call,
+        slab_size: slab thickness in voxels (the study: 16); ``None`` predicts the whole volume in one call,
             only padded to ``multiple`` (used for the cascade's stage 1 and the whole-volume baseline).
         axis: spatial axis the volume is sliced along (``-1`` = last).
         multiple: size multiple the network needs on every axis; ``None`` reads it from the network
@@ -159,7 +150,7 @@ class SlabInferer(Inferer):
         batch_size: slabs per network call.
         sw_device: where the slabs are put (the network's device); ``None`` = the input's device.
         device: where the reassembled output is kept; ``None`` = the input's device. With a CPU volume and
-            ``sw_device="cuda"`` only one slab at a time is on the GPU, like the thesis' evaluation.
+            ``sw_device="cuda"`` only one slab at a time is on the GPU, like the study's evaluation.
         merger_cls: MONAI merger class (``AvgMerger``; a Zarr merger keeps a huge output on disk).
     """
 
@@ -220,11 +211,11 @@ class RandSlabd(Compose):
 
     Empty (all-background) slabs: we use **foreground-weighted sampling**: a slab is centred on a foreground
     voxel with probability ``pos / (pos + neg)`` (so it contains foreground), otherwise on a background voxel.
-    Why not the short PocketNet paper's / the thesis' choice of skipping slabs with no foreground: (1) no
+    Why not the short PocketNet paper's / the slab study's choice of skipping slabs with no foreground: (1) no
     compute is wasted reading and discarding slabs (most liver slabs are empty); (2) the network still sees
     some empty slabs, which make up most of a volume at inference, so it learns not to paint foreground there;
     (3) the foreground share is an explicit knob, like nnU-Net's foreground oversampling. With a background-
-    including loss (the thesis' fix for the constant loss on empty slabs) or a batch Dice, ``neg`` slabs still
+    including loss (the study's fix for the constant loss on empty slabs) or a batch Dice, ``neg`` slabs still
     give a useful gradient. ``pos=1, neg=0`` gives only slabs with foreground.
 
     Args:

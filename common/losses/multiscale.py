@@ -1,5 +1,5 @@
 """Multi-scale loss L_sum of the low-resolution-input paper (Ostrowski & Shafique): the base loss of every output
-scale of :class:`common.networks.upscale_head.UpscaleHead` against the ground truth at that scale, summed with
+scale of :class:`common.networks.UpscaleHead` against the ground truth at that scale, summed with
 weight 1."""
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.benchmarks.complexity import count_macs
 from common.benchmarks.profile import CSV_COLUMNS, NFBS_VOLUME, _render_speed, _scaled_volume, profile
-from common.benchmarks.profile_measure import count_macs, measure_speed, network_stats
+from common.benchmarks.profile_measure import measure_speed, network_stats
 from common.networks import get_network
 from common.training import cpu as perf
 
@@ -28,20 +29,24 @@ def _tiny_net() -> nn.Module:
 def test_macs_of_a_tiny_conv_net_match_the_hand_count(device: str) -> None:
     with torch.device(device):
         net = _tiny_net()
-        x = torch.zeros(1, 1, 8, 8, 8)
     conv1 = 8**3 * 27 * 1 * 4  # output positions x kernel x in x out
     conv2 = 8**3 * 1 * 4 * 2
-    with torch.no_grad():
-        assert count_macs(net, x) == conv1 + conv2 == 59_392
+    assert count_macs(net, (1, 8, 8, 8), "forward") == conv1 + conv2 == 59_392
     # backward: weight gradients of both convs, input gradient of the second only (the image needs none)
-    assert count_macs(net, x, backward=True) == 2 * conv1 + 3 * conv2
+    assert count_macs(net, (1, 8, 8, 8), "forward_backward") == 2 * conv1 + 3 * conv2
+    # ptflops <= 0.7.4 adds one per output element for each bias and ReLU: 4 + 4 + 2 channels of 8^3
+    assert count_macs(net, (1, 8, 8, 8), "ptflops") == conv1 + conv2 + 10 * 8**3
+    assert net.training  # the mode is restored
 
 
 def test_transposed_conv_is_counted_over_its_input_positions() -> None:
     with torch.device("meta"):
         up = nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2)
-        x = torch.zeros(1, 4, 4, 4, 4)
-    assert count_macs(up, x) == 4**3 * 8 * 4 * 2
+    assert count_macs(up, (4, 4, 4, 4), "forward") == 4**3 * 8 * 4 * 2
+    # ptflops <= 0.7.4 counts it over its 8^3 output positions (8x here), plus the bias
+    assert count_macs(up, (4, 4, 4, 4), "ptflops") == 8**3 * 8 * 4 * 2 + 2 * 8**3
+    with pytest.raises(ValueError, match="rule must be one of"):
+        count_macs(up, (4, 4, 4, 4), "true")
 
 
 def test_network_stats_pocket_has_fewer_parameters_and_macs() -> None:

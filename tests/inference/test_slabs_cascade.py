@@ -33,7 +33,7 @@ from common.inference.cascade import (
     lowres_size,
     upsample_guidance,
 )
-from common.inference.slabs import RandSlabd, SlabInferer, SlabSplitter, network_multiple, slab_patch_size, thesis_unet
+from common.inference.slabs import RandSlabd, SlabInferer, SlabSplitter, network_multiple, slab_patch_size
 from common.networks import count_parameters, get_network
 
 ROOT = REPO_ROOT
@@ -58,13 +58,14 @@ def dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return 2 * (a & b).sum().item() / max(a.sum().item() + b.sum().item(), 1)
 
 
-# ---------------------------------------------------------------- the thesis' U-Net
+# ---------------------------------------------------------------- the slab-wise cascade study's U-Net
 
 
-def test_thesis_unet_is_get_network_depth4() -> None:
+def test_slab_study_unet_is_get_network_depth4() -> None:
     with torch.device("meta"):
-        full, pocket = thesis_unet(4, 4), thesis_unet(4, 4, pocket=True)
-    assert count_parameters(full) == 22_583_908  # the thesis' UNet3d (4 modalities, 4 classes)
+        full = get_network("unet", 3, 4, 4, init_filters=32, depth=4)
+        pocket = get_network("unet", 3, 4, 4, init_filters=32, depth=4, pocket=True)
+    assert count_parameters(full) == 22_583_908  # the study's UNet3d (4 modalities, 4 classes)
     assert count_parameters(pocket) == 618_820
     assert [m.out_channels for m in full.ups] == [256, 128, 64, 32]  # ConvTranspose3d(c, c/2, 2, 2)
     assert network_multiple(full, 3) == (16, 16, 16)

@@ -1,4 +1,4 @@
-"""The PocketNet family: the papers' exact parameter counts, forward shapes, errors, and that it learns."""
+"""get_network: the PocketNet papers' exact parameter counts, forward shapes, errors, and that every network learns."""
 
 import pytest
 import torch
@@ -22,14 +22,14 @@ TABLE_I = [
 
 @pytest.mark.parametrize("arch,kwargs,count,paper,decimals", TABLE_I)
 def test_table_i_counts(arch, kwargs, count, paper, decimals):
-    """Seed 000 Table I: 3D, 1 channel, 2 classes, 32 initial features, depth 5 (128^3 patch)."""
+    """Long paper, Table I: 3D, 1 channel, 2 classes, 32 initial features, depth 5 (128^3 patch)."""
     n = count_parameters(get_network(arch, 3, 1, 2, init_filters=32, depth=5, **kwargs))
     assert n == count
     assert round(n / 1e6, decimals) == paper
 
 
 def test_table_ii_classifier_counts():
-    """Seed 000 Table II: 2D 256^2 classifier, 16 initial features, 4 poolings, no normalisation."""
+    """Long paper, Table II: 2D 256^2 classifier, 16 initial features, 4 poolings, no normalisation."""
     full = count_parameters(get_network("classifier", 2, 1, 2, 16, 4, style="short"))
     pocket = count_parameters(get_network("classifier", 2, 1, 2, 16, 4, pocket=True, style="short"))
     assert (full, pocket) == (1_178_994, 21_074)
@@ -116,8 +116,17 @@ def test_torchscript_export(arch):
 
 
 def test_unknown_arch_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid archs: unet, resnet, densenet, hrnet, nnunet, classifier"):
+    with pytest.raises(ValueError, match="valid archs: unet, resnet, densenet, hrnet, nnunet, classifier, elunet.$"):
         get_network("vnet", 3, 1, 2)
+
+
+def test_bias_false_drops_only_the_3x3_conv_biases():
+    for arch in ("unet", "resnet", "densenet"):
+        with_bias = get_network(arch, 2, 1, 2, init_filters=4, depth=2)
+        plain = get_network(arch, 2, 1, 2, init_filters=4, depth=2, bias=False)
+        convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert convs and all(m.bias is None for m in convs), arch
+        assert count_parameters(with_bias) - count_parameters(plain) == sum(m.out_channels for m in convs), arch
 
 
 @pytest.mark.parametrize("arch,size,multiple", [("unet", 20, 8), ("densenet", 12, 8), ("hrnet", 12, 8)])

@@ -1,4 +1,4 @@
-"""Low-resolution input, high-resolution output: ELU-Net, up-scaling head, multi-scale loss, GMac table."""
+"""Low-resolution input, high-resolution output: ELU-Net, up-scaling head, multi-scale loss, complexity tables."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from common.benchmarks import complexity as gmacs
-from common.benchmarks.complexity import count_macs, head_stages
+from common.benchmarks.complexity import count_macs, gmac_table
+from common.inference.lowres_slices import head_stages
 from common.losses.multiscale import MultiScaleLoss
-from common.networks.elunet import ELUNet
-from common.networks.upscale_head import UpscaleHead
+from common.networks import UpscaleHead, count_parameters, get_network
 
 SIDES = (320, 160, 80, 32, 16)
 
@@ -20,8 +19,12 @@ SIDES = (320, 160, 80, 32, 16)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+n_params = count_parameters
+
+
+def elunet(out_channels: int = 2, features: int = 16, **kwargs) -> nn.Module:
+    """2D ELU-Net of 1 input channel with 4 poolings, through the factory."""
+    return get_network("elunet", 2, 1, out_channels, init_filters=features, depth=4, **kwargs)
 
 
 def tiny_backbone(num_classes: int, spatial_dims: int = 2) -> nn.Module:
@@ -78,7 +81,8 @@ def test_head_wraps_other_backbones() -> None:
 def test_torchscript() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 1, 16, 16)
-    head = UpscaleHead(ELUNet(features=4), 2, 4, stage_skips=True).eval()
+    head = elunet(features=4, head_stages=4, stage_skips=True).eval()
+    assert isinstance(head, UpscaleHead)
     scripted = torch.jit.script(head)  # scripts the ELU-Net backbone as well
     assert isinstance(scripted.backbone, torch.jit.ScriptModule)
     assert torch.allclose(scripted.backbone(x), head.backbone(x))
@@ -93,41 +97,74 @@ def test_torchscript() -> None:
 
 def test_elunet_parameters_and_shape() -> None:
     with torch.device("meta"):
-        assert n_params(ELUNet(2, 1, 1, 16)) == 3_377_201
-        assert n_params(ELUNet()) == 3_377_218  # 2 classes
-        assert n_params(ELUNet(2, 1, 1, 8)) == 845_977
-    assert ELUNet(features=4).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+        assert n_params(elunet(1)) == 3_377_201
+        assert n_params(elunet()) == 3_377_218  # 2 classes
+        assert n_params(elunet(1, 8)) == 845_977
+        assert n_params(elunet(pocket=True)) == 110_290
+    assert elunet(features=4).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    with pytest.raises(ValueError, match=r"\[24, 32\].*multiple of \[16, 16\]"):
+        elunet(features=4)(torch.randn(1, 1, 24, 32))
+
+
+def test_head_through_the_factory() -> None:
+    with torch.device("meta"):
+        head = elunet(1, head_stages=4)
+        skips = elunet(1, head_stages=4, stage_skips=True)
+        assert isinstance(head, UpscaleHead) and head.stages == 4
+        assert n_params(head) == 3_377_201 + 60 and n_params(skips) == 3_377_201 + 149
+        assert isinstance(elunet(1, head_stages=0), UpscaleHead)  # a head without stages still returns a list
+        assert not isinstance(elunet(1), UpscaleHead)
+        # any segmenter takes the head: 13 Nc^2 + 2 Nc parameters per stage
+        unet = get_network("unet", 2, 1, 2, init_filters=4, depth=2)
+        assert n_params(get_network("unet", 2, 1, 2, init_filters=4, depth=2, head_stages=2)) == n_params(unet) + 112
+    with pytest.raises(ValueError, match="needs the up-scaling head"):
+        elunet(stage_skips=True)
+    with pytest.raises(ValueError, match="needs a segmenter"):
+        get_network("classifier", 2, 1, 2, 16, 4, head_stages=1)
 
 
 def test_gmacs_match_paper() -> None:
     paper_elunet = {320: 29.98, 160: 7.5, 80: 1.87, 32: 0.30, 16: 0.07}
     paper_head = {160: 7.5, 80: 1.88, 32: 0.30, 16: 0.08}
-    macs: dict[str, dict[int, int]] = {"ptflops": {}, "true": {}}
+    macs: dict[str, dict[int, int]] = {"ptflops": {}, "forward": {}}
     for side in SIDES:
         with torch.device("meta"):
-            net = ELUNet(2, 1, 1, 16)
-            head = UpscaleHead(ELUNet(2, 1, 1, 16), 1, head_stages(side))
+            net = elunet(1)
+            head = elunet(1, head_stages=head_stages(320, side))
         for rule in macs:
             macs[rule][side] = count_macs(net, (1, side, side), rule)
         assert round(macs["ptflops"][side] / 1e9, 2) == paper_elunet[side]
-        assert head_stages(side) == {320: 0, 160: 1, 80: 2, 32: 3, 16: 4}[side]
+        assert head_stages(320, side) == {320: 0, 160: 1, 80: 2, 32: 3, 16: 4}[side]
         if side in paper_head:
             assert round(count_macs(head, (1, side, side), "ptflops") / 1e9, 2) == paper_head[side]
     # exact totals at 320x320; every other side scales exactly with the pixel count
-    assert macs["true"][320] == 17_920_819_200
+    assert macs["forward"][320] == 17_920_819_200
     assert macs["ptflops"][320] == 29_982_208_000
     for per_side in macs.values():
         for side in SIDES:
             assert per_side[side] * (320 // side) ** 2 == per_side[320]
-    assert [round(macs["true"][s] / 1e9, 2) for s in SIDES] == [17.92, 4.48, 1.12, 0.18, 0.04]
+    assert [round(macs["forward"][s] / 1e9, 2) for s in SIDES] == [17.92, 4.48, 1.12, 0.18, 0.04]
 
 
-def test_gmacs_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gmacs, "_factory_unet", lambda num_classes: None)
-    text = gmacs.table(sizes=(16,), stage_skips=True)
+def test_gmacs_table() -> None:
+    text = gmac_table(sizes=16, stage_skips=True)
+    assert "| U-Net f=64 (ConvT, BN; paper's baseline) | 16 | 16 | 0 | 31,036,481 | 0.213 | 0.188 | 0.18 |" in text
+    assert "| U-Net f=16 (PocketNet, short style) | 16 | 16 | 0 | 1,940,817 | 0.013 | 0.012 | - |" in text
     assert "| ELU-Net n=16 | 16 | 16 | 0 | 3,377,201 | 0.075 | 0.045 | 0.07 |" in text
-    assert "| ELU-Net n=16 + head | 16 | 256 | 4 | 3,377,261 |" in text
-    assert "U-Net f=16 (common.networks factory): not available" in text
+    assert "| ELU-Net n=16 + head | 16 | 256 | 4 | 3,377,261 | 0.076 | 0.046 | 0.08 |" in text
+    assert "| ELU-Net n=16 + head (stage skips) | 16 | 256 | 4 | 3,377,350 | 0.078 | 0.047 | - |" in text
+    assert len([line for line in text.splitlines() if line.startswith("| ") and "| 16 |" in line]) == 5
+
+
+def test_plain_unet_baseline_is_the_pocketnet_unet_without_conv_bias() -> None:
+    """The table's U-Net f=64 (Ronneberger et al.; milesial/Pytorch-UNet layout): 31.04 M parameters, exact MACs."""
+    with torch.device("meta"):
+        plain = get_network("unet", 2, 1, 1, init_filters=64, depth=4, bias=False)
+        with_bias = get_network("unet", 2, 1, 1, init_filters=64, depth=4)
+    assert n_params(plain) == 31_036_481
+    assert n_params(with_bias) - n_params(plain) == 2 * 2 * (64 + 128 + 256 + 512) + 2 * 1024  # 18 conv biases
+    assert count_macs(plain, (1, 320, 320), "forward") == 75_143_577_600
+    assert count_macs(plain, (1, 320, 320), "ptflops") == 85_384_499_200
 
 
 # ---------------------------------------------------------------- multi-scale loss
@@ -173,7 +210,7 @@ def _disks(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor,
 def test_learns_high_resolution_from_low_resolution_input() -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    net = UpscaleHead(ELUNet(2, 1, 2, features=8), num_classes=2, stages=2)  # 16x16 in, 64x64 out
+    net = elunet(2, features=8, head_stages=2)  # 16x16 in, 64x64 out
     loss_fn = MultiScaleLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []

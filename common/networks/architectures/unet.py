@@ -12,8 +12,7 @@ import torch
 from monai.networks.layers import Conv, Pool
 from torch import nn
 
-from common.networks.blocks import make_block
-from common.networks.shapes import check_divisible
+from common.networks.building_blocks import check_divisible, make_block
 
 
 class PocketUNet(nn.Module):
@@ -29,6 +28,9 @@ class PocketUNet(nn.Module):
         downsample: ``pool`` (max-pool) or ``conv`` (strided conv with bias, no norm); ``None`` picks the
             papers' choice: ``conv`` for the TMI DenseNet, ``pool`` otherwise.
         norm: override the style's normalisation (e.g. ``instance``).
+        bias: bias of the blocks' 3x3 convolutions. ``False`` with the ``tmi`` style and ``unet`` blocks is the
+            plain U-Net of Ronneberger et al. (conv-BN-ReLU twice per level, the baseline of Ostrowski &
+            Shafique's complexity table).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class PocketUNet(nn.Module):
         scale: int | Sequence[int] = 2,
         downsample: str | None = None,
         norm: str | None = None,
+        bias: bool = True,
     ):
         super().__init__()
         if len(widths) < 2:
@@ -61,19 +64,19 @@ class PocketUNet(nn.Module):
         self.downs = nn.ModuleList()
         channels = in_channels
         for w in widths[:-1]:
-            self.encoders.append(make_block(block, spatial_dims, channels, w, style, norm))
+            self.encoders.append(make_block(block, spatial_dims, channels, w, style, norm, bias))
             if downsample == "conv":
                 self.downs.append(Conv[Conv.CONV, spatial_dims](w, w, kernel_size=scale_t, stride=scale_t))
             else:
                 self.downs.append(Pool[Pool.MAX, spatial_dims](kernel_size=scale_t, stride=scale_t))
             channels = w
-        self.bottleneck = make_block(block, spatial_dims, channels, widths[-1], style, norm)
+        self.bottleneck = make_block(block, spatial_dims, channels, widths[-1], style, norm, bias)
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         channels = widths[-1]
         for w in reversed(widths[:-1]):
             self.ups.append(conv_t(channels, w, kernel_size=scale_t, stride=scale_t))
-            self.decoders.append(make_block(block, spatial_dims, 2 * w, w, style, norm))
+            self.decoders.append(make_block(block, spatial_dims, 2 * w, w, style, norm, bias))
             channels = w
         self.head = Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size=1)
 

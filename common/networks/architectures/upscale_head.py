@@ -5,30 +5,20 @@ The head wraps any segmentation backbone that maps an image to ``num_classes`` l
 logits' resolution ``stages`` times, so that a network fed a down-sized image can be trained against the
 full-resolution ground truth (with :class:`common.losses.multiscale.MultiScaleLoss` on every scale). Because the
 stages work on ``num_classes`` channels only, they are almost free: 13 Nc^2 + 2 Nc parameters per 2D stage.
+``common.networks.get_network(..., head_stages=K)`` wraps any of its segmenters in this head.
+
+Each x2 stage is an ``UpPath(scale=2)``: ConvTranspose (kernel 2, stride 2, ``in_channels`` kept) -> conv 3
+(padding 1), no normalisation and no activation, as in the paper and its code.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv
 
-from common.networks.elunet import UpPath
+from common.networks.building_blocks import UpPath
 
-__all__ = ["UpscaleStage", "UpscaleHead"]
-
-
-class UpscaleStage(nn.Sequential):
-    """One x2 up-scaling step: ConvTranspose (kernel 2, stride 2, ``in_channels`` kept) -> conv 3 (padding 1).
-
-    With ``in_channels == out_channels == Nc`` in 2D this is ``(4 Nc + 1) Nc + (9 Nc + 1) Nc = 13 Nc^2 + 2 Nc``
-    parameters. No normalisation and no activation, as in the paper and its code.
-    """
-
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.add_module("up", Conv[Conv.CONVTRANS, spatial_dims](in_channels, in_channels, kernel_size=2, stride=2))
-        self.add_module("conv", Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=3, padding=1))
+__all__ = ["UpscaleHead"]
 
 
 class UpscaleHead(nn.Module):
@@ -90,12 +80,12 @@ class UpscaleHead(nn.Module):
         self.return_all_scales = return_all_scales
         n_plain = min(stages, 2) if stage_skips else stages
         self.plain_stages = nn.ModuleList(
-            [UpscaleStage(spatial_dims, num_classes, num_classes) for _ in range(n_plain)]
+            [UpPath(spatial_dims, num_classes, num_classes, 2) for _ in range(n_plain)]
         )
         skip_ids = range(n_plain, stages)
         # stretch[m] brings y_0 to the input resolution of stage i = n_plain + m (i.e. x2^i)
         self.stretch = nn.ModuleList([UpPath(spatial_dims, num_classes, num_classes, 2**i) for i in skip_ids])
-        self.skip_stages = nn.ModuleList([UpscaleStage(spatial_dims, 2 * num_classes, num_classes) for _ in skip_ids])
+        self.skip_stages = nn.ModuleList([UpPath(spatial_dims, 2 * num_classes, num_classes, 2) for _ in skip_ids])
 
     @torch.jit.export
     def forward_all_scales(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""PocketNet classifier (COVIDx, seed 000 Table II): a U-Net encoder, global max pooling, one linear layer."""
+"""PocketNet classifier (COVIDx, the long PocketNet paper's Table II): U-Net encoder, global max pool, linear."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from monai.networks.layers import Pool
 from torch import nn
 
-from common.networks.blocks import make_block
+from common.networks.building_blocks import make_block
 
 
 class PocketClassifier(nn.Module):

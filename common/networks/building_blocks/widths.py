@@ -1,7 +1,8 @@
 """Width schedules: how many feature maps each resolution level gets.
 
-PocketNet's single idea is here. A full network doubles the width at every level; a pocket network keeps
-it constant; seed 000's depth ablation (Table IV) doubles only up to a given level. All three are one rule:
+PocketNet's single idea is here (Celaya et al., "PocketNet: A Smaller Neural Network for Medical Image
+Analysis", IEEE TMI 2022). A full network doubles the width at every level; a pocket network keeps it
+constant; the paper's depth ablation (Table IV) doubles only up to a given level. All three are one rule:
 ``width_i = init * 2 ** min(i, double_until)``.
 """
 

@@ -14,8 +14,7 @@ import torch
 from monai.networks.layers import Conv, Pool
 from torch import nn
 
-from common.networks.blocks import make_block
-from common.networks.shapes import check_divisible
+from common.networks.building_blocks import check_divisible, make_block
 
 
 def _resample(spatial_dims: int, in_channels: int, out_channels: int, steps: int) -> nn.Module:
