@@ -1,4 +1,4 @@
-"""Model complexity: MACs (multiply-accumulates) and the GMac table of the low-resolution study.
+"""Model complexity: parameters against the PocketNet papers' tables, and MACs (multiply-accumulates).
 
 ``count_macs(model, input_shape, rule)`` counts one image (batch 1) under one of three rules:
 
@@ -20,7 +20,7 @@
   the image).
 
 A model built on the ``"meta"`` device (``with torch.device("meta"): ...``) is counted from shapes alone,
-without computing anything. ``gmac_table`` is the table of Ostrowski & Shafique's networks.
+without computing anything. ``complexity(table=...)`` prints the parameter table, the GMac table, or both.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.inference.lowres_slices import head_stages
 from common.networks import count_parameters, get_network
 
-__all__ = ["RULES", "count_macs", "gmac_table", "sum_outputs"]
+__all__ = ["RULES", "TABLES", "complexity", "count_macs", "gmac_table", "parameter_table", "sum_outputs"]
 
 RULES = ("ptflops", "forward", "forward_backward")
+TABLES = ("params", "gmacs", "all")
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -120,6 +121,45 @@ def _ptflops_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total[0]
 
 
+# ---------------------------------------------------------------- parameters against the PocketNet papers
+
+# (label, get_network arguments, paper's figure)
+PARAMETER_ROWS: list[tuple[str, dict[str, Any], str]] = []
+_TMI = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 32, "depth": 5}
+for _arch, _full, _pocket in [("unet", "90.5M", "0.8M"), ("resnet", "91.9M", "0.8M"),
+                              ("densenet", "135.9M", "1.3M"), ("hrnet", "6.5M", "0.7M"),
+                              ("nnunet", "31.2M", "0.8M")]:
+    PARAMETER_ROWS.append((f"Table I  {_arch} full", {"arch": _arch, **_TMI}, _full))
+    PARAMETER_ROWS.append((f"Table I  {_arch} pocket", {"arch": _arch, "pocket": True, **_TMI}, _pocket))
+_CLS = {"arch": "classifier", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_filters": 16,
+        "depth": 4, "style": "short"}
+PARAMETER_ROWS += [("Table II classifier full", _CLS, "1.2M"),
+                   ("Table II classifier pocket", {**_CLS, "pocket": True}, "0.02M")]
+for _level, _paper in zip(range(5, -1, -1), ["90.5M", "60.0M", "24.3M", "8.40M", "2.60M", "0.80M"]):
+    PARAMETER_ROWS.append((f"Table IV unet doubling up to level {_level}",
+                           {"arch": "unet", "double_until": _level, **_TMI}, _paper))
+_SHORT = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 16, "depth": 4, "style": "short",
+          "scale": (1, 2, 2)}
+for _arch, _full, _pocket in [("unet", "5.5M", "0.150M"), ("resnet", "5.5M", "0.150M"),
+                              ("densenet", "8.1M", "0.241M")]:
+    PARAMETER_ROWS.append((f"short paper 3D NFBS {_arch} full", {"arch": _arch, **_SHORT}, _full))
+    PARAMETER_ROWS.append((f"short paper 3D NFBS {_arch} pocket", {"arch": _arch, "pocket": True, **_SHORT}, _pocket))
+
+
+def parameter_table() -> str:
+    """Markdown table: network, our exact parameter count, the PocketNet papers' figure.
+
+    Tables I, II and IV are the long paper's (Celaya et al., "PocketNet: A Smaller Neural Network for Medical
+    Image Analysis", IEEE TMI 2022), the last rows the short (MICCAI workshop) paper's 3D NFBS networks.
+    """
+    lines = ["| network | ours | paper |", "|---|---:|---:|"]
+    for label, kwargs, paper in PARAMETER_ROWS:
+        with torch.device("meta"):  # shapes only: the full networks are built in no time
+            n = count_parameters(get_network(**kwargs))
+        lines.append(f"| {label} | {n:,} | {paper} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- GMac of the low-resolution study
 
 # Ostrowski & Shafique's Table IV (GMac, 1 channel, 1 class), keyed by input side
@@ -185,3 +225,17 @@ def gmac_table(num_classes: int = 1, sizes: int | Sequence[int] = (320, 160, 80,
                 f"| {g_true:.3f} | {_fmt(paper.get(side))} |"
             )
     return "\n".join(lines)
+
+
+def complexity(table: str = "all", num_classes: int = 1, sizes: int | Sequence[int] = (320, 160, 80, 32, 16),
+               stage_skips: bool = False) -> str:
+    """The ``pocket complexity`` command: ``table="params"`` (``parameter_table``), ``"gmacs"``
+    (``gmac_table(num_classes, sizes, stage_skips)``) or ``"all"`` (both, parameters first). Returns Markdown."""
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}, got {table!r}.")
+    parts = []
+    if table in ("params", "all"):
+        parts.append(parameter_table())
+    if table in ("gmacs", "all"):
+        parts.append(gmac_table(num_classes, sizes, stage_skips))
+    return "\n\n".join(parts)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from common.benchmarks.complexity import count_macs, gmac_table
+from common.benchmarks.complexity import complexity, count_macs, gmac_table
 from common.inference.lowres_slices import head_stages
 from common.losses.multiscale import MultiScaleLoss
 from common.networks import UpscaleHead, count_parameters, get_network
@@ -165,6 +165,20 @@ def test_plain_unet_baseline_is_the_pocketnet_unet_without_conv_bias() -> None:
     assert n_params(with_bias) - n_params(plain) == 2 * 2 * (64 + 128 + 256 + 512) + 2 * 1024  # 18 conv biases
     assert count_macs(plain, (1, 320, 320), "forward") == 75_143_577_600
     assert count_macs(plain, (1, 320, 320), "ptflops") == 85_384_499_200
+
+
+def test_complexity_prints_parameter_and_gmac_tables() -> None:
+    params = complexity("params")
+    assert params.splitlines()[:2] == ["| network | ours | paper |", "|---|---:|---:|"]
+    assert "| Table I  densenet full | 135,896,162 | 135.9M |" in params
+    assert "| Table II classifier pocket | 21,074 | 0.02M |" in params
+    assert "| Table IV unet doubling up to level 1 | 2,640,834 | 2.60M |" in params
+    assert "| short paper 3D NFBS densenet pocket | 241,282 | 0.241M |" in params
+    assert len(params.splitlines()) == 2 + 24
+    assert complexity("gmacs", sizes=16) == gmac_table(sizes=16)
+    assert complexity("all", sizes=16) == params + "\n\n" + gmac_table(sizes=16)
+    with pytest.raises(ValueError, match="table must be one of"):
+        complexity("flops")
 
 
 # ---------------------------------------------------------------- multi-scale loss
