@@ -33,6 +33,7 @@ from monai.bundle import ConfigWorkflow
 
 from common import BUNDLES_DIR
 from common.datasets import prostate
+from common.networks import count_parameters
 
 __all__ = ["BUDGETS", "BUNDLE_DIR", "make_data", "run_variant", "run", "format_table", "main"]
 
@@ -122,7 +123,7 @@ def run_variant(
                    learning_rate=train["learning_rate"], resume=False)
     train_s = time.perf_counter() - t0
     net = wf.parser.get_parsed_content("network_def")
-    params = sum(p.numel() for p in net.parameters())
+    params = count_parameters(net)
     stages = int(wf.parser.get_parsed_content("head_stages"))
     out_side = input_size * 2**stages
     t0 = time.perf_counter()
