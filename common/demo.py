@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import fire
-
 from common.datasets import nfbs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,12 +85,3 @@ def demo(out: str = "demo_output", cases: int = 8, epochs: int = 10, arch: str =
         print(f"{key:>26}: {value}")
     print(f"outputs under {out_dir}")
     return result
-
-
-def main(out: str = "demo_output", cases: int = 8, epochs: int = 10, arch: str = "unet", pocket: bool = True) -> None:
-    """Command-line entry: run :func:`demo` (the summary is printed, not returned to the shell)."""
-    demo(out, cases, epochs, arch, pocket)
-
-
-if __name__ == "__main__":
-    fire.Fire(main)

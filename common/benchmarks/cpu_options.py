@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Any
 
-import fire
 import torch
 from monai.bundle import ConfigParser
 
@@ -84,7 +83,7 @@ def ab(bundle: str, shape: tuple[int, ...], option: str = "channels_last", pairs
     return res
 
 
-def main(bundles: Any = None, option: str = "channels_last", shape: Any = None, pairs: int = 5,
+def cpu_options(bundles: Any = None, option: str = "channels_last", shape: Any = None, pairs: int = 5,
          threads: int = 1) -> None:
     """Print a Markdown table: one row per bundle and step (see the module docstring)."""
     if option not in ("channels_last", "bf16"):
@@ -106,7 +105,3 @@ def main(bundles: Any = None, option: str = "channels_last", shape: Any = None, 
             print(f"| {b} | {'x'.join(map(str, s))} | {mode} | {m['baseline_s']:.3f} | {m['option_s']:.3f} | "
                   f"x{m['speedup']:.2f} | {r['max_rel_diff']:.1e} |", flush=True)
     print(f"threads {torch.get_num_threads()}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    fire.Fire(main)

@@ -1,16 +1,17 @@
 """Peak memory and time per volume: whole-volume 3D U-Net vs slab-wise U-Net vs slab-wise cascade.
 
-Usage::
+The methods and the reference figures are from Wehen, "A Comparative Study of U-Net, Patch-wise U-Net, and
+Patch-wise U-Net Cascade" (bachelor thesis), called "the study" below. Usage::
 
-    python -m common.benchmarks.memory                     # brain 4x240x240x155 and liver 1x512x512x500
-    python -m common.benchmarks.memory --quick             # reduced sizes (brain /4, liver /8 per side), ~2 min
-    python -m common.benchmarks.memory --sizes brain --widths pocket --methods slab,cascade
-    python -m common.benchmarks.memory --sizes 1x32x32x20  # any CxHxWxD (2 classes, factor 0.3)
-    python -m common.benchmarks.memory --grad              # the thesis' setting: autograd on, train-mode BN
+    pocket memory                        # brain 4x240x240x155 and liver 1x512x512x500
+    pocket memory --quick                # reduced sizes (brain /4, liver /8 per side), ~2 min
+    pocket memory --sizes brain --widths pocket --methods slab,cascade
+    pocket memory --sizes 1x32x32x20     # any CxHxWxD (2 classes, factor 0.3)
+    pocket memory --grad                 # the study's setting: autograd on, train-mode BN
 
-Networks: the thesis' 3D U-Net (``common.inference.slabs.thesis_unet``: 32..512 feature maps, depth 4) in its full and
-pocket widths, random weights (memory and time do not depend on them). Methods: ``whole`` (one call on the
-volume, zero-padded to a multiple of 16), ``slab`` (``SlabInferer``: 16-voxel slabs along ``--axis``), and
+Networks: the study's 3D U-Net (32..512 feature maps, depth 4, built by ``common.networks.get_network``) in its
+full and pocket widths, random weights (memory and time do not depend on them). Methods: ``whole`` (one call on
+the volume, zero-padded to a multiple of 16), ``slab`` (``SlabInferer``: 16-voxel slabs along ``--axis``), and
 ``cascade`` (``CascadeInferer``: stage 1 on the volume down-sampled by 0.3 (brain) / 0.2 (liver), stage 2
 slab-wise on image + guidance). Default mode: inference, ``model.eval()`` under ``torch.no_grad()``.
 
@@ -20,7 +21,7 @@ peak after importing torch/MONAI and building the network(s)** -- the footprint 
 net built -- so it counts the input volume, the output logits, the cascade's guidance and stage-2 input,
 and the network's working memory. On CUDA it is ``torch.cuda.max_memory_allocated()`` minus the memory held
 after building the network; the volume stays on the CPU for slab/cascade (only one slab on the GPU, as in
-the thesis) and goes to the GPU for ``whole``. Time is wall clock per volume (the mean of ``--repeats``).
+the study) and goes to the GPU for ``whole``. Time is wall clock per volume (the mean of ``--repeats``).
 
 Configurations that would not fit: before a full-size run the configuration is run on three small probes
 (32 or 64 voxels across the non-slab axes, 32 or 96 along the slab axis; see ``estimate``); memory and time
@@ -28,7 +29,7 @@ are extrapolated linearly in the non-slab area and affinely along the slab axis.
 above ``--max-gb`` (default 80% of the available memory) or ``--max-seconds`` is reported as "skipped: est.
 ...", not run; a run's own estimate is shown next to its measurement.
 
-The thesis' figures (NVIDIA A40) were measured with autograd **on** and BatchNorm in train mode (its
+The study's figures (NVIDIA A40) were measured with autograd **on** and BatchNorm in train mode (its
 evaluation never called ``eval()``/``no_grad()``), i.e. the graph of each network call was kept until its
 output was detached: compare them with ``--grad`` (``--backward`` adds a backward pass per network call, the
 training-like peak).
@@ -36,7 +37,6 @@ training-like peak).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -44,10 +44,11 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-GB = 1e9  # decimal GB, as the thesis (max_memory_allocated() / 1e9)
+GB = 1e9  # decimal GB, as the study (max_memory_allocated() / 1e9)
 METHODS = ("whole", "slab", "cascade")
 WIDTHS = ("full", "pocket")
 PROBES = ((32, 32), (64, 32), (64, 96))  # (non-slab side, slab-axis length) of the estimate's probes
@@ -55,14 +56,14 @@ PROBES = ((32, 32), (64, 32), (64, 96))  # (non-slab side, slab-axis length) of 
 
 @dataclass(frozen=True)
 class Size:
-    """A benchmark volume: shape ``(C, H, W, D)``, classes, cascade factor and the thesis' figures."""
+    """A benchmark volume: shape ``(C, H, W, D)``, classes, cascade factor and the study's figures."""
 
     name: str
     shape: tuple[int, int, int, int]
     num_classes: int
     factor: float
-    thesis_gb: dict[str, str]
-    thesis_s: dict[str, str]
+    study_gb: dict[str, str]
+    study_s: dict[str, str]
 
 
 SIZES = {
@@ -112,7 +113,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         return net.train(grad)
 
     class Step(nn.Module):
-        """The thesis' call: forward with autograd (optionally + backward), output detached per call."""
+        """The study's call: forward with autograd (optionally + backward), output detached per call."""
 
         def __init__(self, module: nn.Module) -> None:
             super().__init__()
@@ -174,7 +175,7 @@ def _run_child(cfg: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     """One fresh process per measurement; its last stdout line is the JSON result. Probes run with glibc's
     mmap threshold fixed at 128 kB, so freed buffers go back to the OS and one probe's leftovers do not blur
     the next one's peak (measurements keep the default allocator)."""
-    cmd = [sys.executable, "-m", "common.benchmarks.memory", "--child", json.dumps(cfg)]
+    cmd = [sys.executable, "-c", "from common.benchmarks.memory import _child; _child()", json.dumps(cfg)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if cfg.get("warmup") else None
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -258,34 +259,52 @@ def _sizes(spec: str, quick: bool) -> list[tuple[str, Size]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m common.benchmarks.memory", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="reduced sizes, no probes (about 2 minutes)")
-    p.add_argument("--sizes", default="brain,liver", help="brain, liver and/or CxHxWxD, comma-separated")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--widths", default=",".join(WIDTHS))
-    p.add_argument("--grad", action="store_true", help="autograd on + train-mode BN (the thesis' setting)")
-    p.add_argument("--backward", action="store_true", help="with --grad: a backward pass per network call")
-    p.add_argument("--slab-size", type=int, default=16)
-    p.add_argument("--axis", type=int, default=-1, help="slab axis among the spatial axes (-1 = last)")
-    p.add_argument("--init-filters", type=int, default=32)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--max-gb", type=float, default=None, help="skip above this estimate (default 80%% available)")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="skip configurations estimated slower")
-    p.add_argument("--no-estimate", action="store_true", help="run every configuration without probing")
-    p.add_argument("--estimate-only", action="store_true", help="print the probes' estimates, run nothing big")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+def _names(value: str | Sequence[str]) -> list[str]:
+    """Fire turns ``a,b`` into a tuple and ``a`` into a string: accept both."""
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [v.strip() for v in items if v.strip()]
 
-    if args.child:
-        print(json.dumps(measure(json.loads(args.child))))
-        return
-    if args.backward:
-        args.grad = True
-    device = args.device
+
+def memory(
+    quick: bool = False,
+    sizes: str | Sequence[str] = "brain,liver",
+    methods: str | Sequence[str] = METHODS,
+    widths: str | Sequence[str] = WIDTHS,
+    grad: bool = False,
+    backward: bool = False,
+    slab_size: int = 16,
+    axis: int = -1,
+    init_filters: int = 32,
+    depth: int = 4,
+    device: str = "auto",
+    threads: int = 0,
+    repeats: int = 1,
+    max_gb: float | None = None,
+    max_seconds: float = 600.0,
+    no_estimate: bool = False,
+    estimate_only: bool = False,
+) -> None:
+    """Print the memory/time table: whole-volume vs slab-wise U-Net vs slab-wise cascade, full and pocket.
+
+    Args:
+        quick: reduced sizes (brain /4, liver /8 per side), no probes: about 2 minutes.
+        sizes: ``brain``, ``liver`` and/or ``CxHxWxD``, comma-separated.
+        methods, widths: subsets of ``whole,slab,cascade`` and ``full,pocket``.
+        grad: autograd on and train-mode BatchNorm (the setting of Wehen's GPU figures).
+        backward: with ``grad``, a backward pass per network call (the training-like peak).
+        slab_size, axis: slab thickness in voxels and the spatial axis it runs along (-1 = last).
+        init_filters, depth: the 3D U-Net's first width and number of down-samplings.
+        device: ``auto``, ``cpu`` or ``cuda``. threads: torch threads per run (0 = torch's default).
+        repeats: runs per configuration (the time is their mean).
+        max_gb, max_seconds: skip configurations estimated above these (default 80% of available memory).
+        no_estimate: run every configuration without probing. estimate_only: print the probes' estimates only.
+    """
+    methods, widths = _names(methods), _names(widths)
+    if not set(methods) <= set(METHODS) or not set(widths) <= set(WIDTHS):
+        raise ValueError(f"methods must come from {METHODS} and widths from {WIDTHS}.")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+    grad = grad or backward
     if device == "auto":
         import torch
 
@@ -293,50 +312,46 @@ def main(argv: list[str] | None = None) -> None:
     if device == "cuda":
         import torch
 
-        budget = args.max_gb * GB if args.max_gb else 0.8 * torch.cuda.mem_get_info()[1]
+        budget = max_gb * GB if max_gb else 0.8 * torch.cuda.mem_get_info()[1]
     else:
-        budget = args.max_gb * GB if args.max_gb else 0.8 * _available_bytes()
-    methods = [m for m in args.methods.split(",") if m]
-    widths = [w for w in args.widths.split(",") if w]
-    if not set(methods) <= set(METHODS) or not set(widths) <= set(WIDTHS):
-        raise SystemExit(f"--methods from {METHODS}, --widths from {WIDTHS}.")
-    mode = "forward, autograd on, train-mode BN" + (" + backward" if args.backward else "") if args.grad else (
+        budget = max_gb * GB if max_gb else 0.8 * _available_bytes()
+    mode = "forward, autograd on, train-mode BN" + (" + backward" if backward else "") if grad else (
         "inference, eval() + no_grad()")
-    print(f"# Memory benchmark ({device}, {mode}, slab {args.slab_size} along spatial axis {args.axis})\n")
-    print("| volume | method | width | parameters | peak memory (GB) | time / volume (s) | thesis GB | thesis s |")
+    print(f"# Memory benchmark ({device}, {mode}, slab {slab_size} along spatial axis {axis})\n")
+    print("| volume | method | width | parameters | peak memory (GB) | time / volume (s) | study GB | study s |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for label, size in _sizes(args.sizes, args.quick):
+    for label, size in _sizes(",".join(_names(sizes)), quick):
         for method in methods:
             for width in widths:
                 cfg = {"shapes": [list(size.shape)], "num_classes": size.num_classes, "factor": size.factor,
-                       "method": method, "width": width, "grad": args.grad, "backward": args.backward,
-                       "slab_size": args.slab_size, "axis": args.axis, "init_filters": args.init_filters,
-                       "depth": args.depth, "device": device, "threads": args.threads, "repeats": args.repeats}
+                       "method": method, "width": width, "grad": grad, "backward": backward,
+                       "slab_size": slab_size, "axis": axis, "init_filters": init_filters,
+                       "depth": depth, "device": device, "threads": threads, "repeats": repeats}
                 note, est_mem = "", ""
-                if not (args.quick or args.no_estimate):
+                if not (quick or no_estimate):
                     est = estimate(cfg)
                     if isinstance(est, dict):
                         note = est["error"]
-                    elif args.estimate_only:
+                    elif estimate_only:
                         note = f"est. {est[0] / GB:.2f} GB, {est[1]:.0f} s"
-                    elif est[0] > budget or est[1] > args.max_seconds:
+                    elif est[0] > budget or est[1] > max_seconds:
                         note = f"skipped: est. {est[0] / GB:.1f} GB, {est[1]:.0f} s"
                     else:
                         est_mem = f" (est. {est[0] / GB:.2f})"
                 if note:
                     mem, sec, params = note, "", ""
                 else:
-                    r = _run_child(cfg, timeout=3 * args.max_seconds + 120)
+                    r = _run_child(cfg, timeout=3 * max_seconds + 120)
                     if "error" in r:
                         mem, sec, params = r["error"], "", ""
                     else:
                         run = r["runs"][0]
                         mem, sec = f"{run['peak_bytes'] / GB:.2f}{est_mem}", f"{run['seconds']:.2f}"
                         params = f"{r['params']:,}"
-                thesis = width == "full" and not args.quick
+                study = width == "full" and not quick
                 print(f"| {label} | {method} | {width} | {params} | {mem} | {sec} | "
-                      f"{size.thesis_gb.get(method, '') if thesis else ''} | "
-                      f"{size.thesis_s.get(method, '') if thesis else ''} |", flush=True)
+                      f"{size.study_gb.get(method, '') if study else ''} | "
+                      f"{size.study_s.get(method, '') if study else ''} |", flush=True)
     print(
         "\nPeak memory: " + ("torch.cuda.max_memory_allocated() minus the memory held after building the net."
                              if device == "cuda" else
@@ -345,10 +360,11 @@ def main(argv: list[str] | None = None) -> None:
                              "input volume, the output logits and, for the cascade, the guidance and stage-2 input.")
         + " GB = 1e9 bytes. 'est.' = extrapolated from three small probes."
     )
-    print("Thesis: NVIDIA A40, torch.cuda.max_memory_allocated(), measured with autograd ON and BatchNorm in "
+    print("Study (Wehen): NVIDIA A40, torch.cuda.max_memory_allocated(), measured with autograd ON and BatchNorm in "
           "train mode (training-like; compare with --grad), volume on the CPU and slabs copied to the GPU; the "
           "liver whole-volume U-Net ran out of memory trying to allocate 325 GB (in training).")
 
 
-if __name__ == "__main__":
-    main()
+def _child() -> None:
+    """Entry of the fresh measuring process: one JSON configuration in ``argv[1]``, one JSON line out."""
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

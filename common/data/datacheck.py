@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataCheckError", "assert_valid", "check_datalist", "main"]
+__all__ = ["DataCheckError", "assert_valid", "check_datalist", "datacheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def assert_valid(data: Sequence[dict], **kwargs: Any) -> Sequence[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def main(
+def datacheck(
     datalist: str,
     dataset_dir: str,
     fold: int = -1,
@@ -303,20 +303,3 @@ def main(
         return 1
     print(f"OK: {len(data)} cases checked")
     return 0
-
-
-def _cli() -> None:
-    """Entry point of ``python -m common.data.datacheck``: exit status 1 when the check fails."""
-    import functools
-
-    import fire
-
-    @functools.wraps(main)
-    def run(*args: Any, **kwargs: Any) -> None:
-        sys.exit(main(*args, **kwargs))
-
-    fire.Fire(run)
-
-
-if __name__ == "__main__":
-    _cli()

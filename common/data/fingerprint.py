@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEYS", "check", "compute", "foreground_values", "main", "ras_spacing", "replace_block", "write"]
+__all__ = ["KEYS", "check", "compute", "fingerprint", "foreground_values", "ras_spacing", "replace_block", "write"]
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def check(block: dict[str, Any]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- CLI
-def main(
+def fingerprint(
     datalist: str,
     dataset_dir: str,
     fold: int = 0,
@@ -281,13 +281,3 @@ def main(
         return text
     written = write(bundle_dir, block)
     return text + "\nwritten into " + ", ".join(written)
-
-
-def _cli() -> None:
-    import fire
-
-    fire.Fire(main)
-
-
-if __name__ == "__main__":
-    _cli()

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import fire
 from monai.bundle import ConfigWorkflow
 
 from common import REPO_ROOT as ROOT
@@ -114,7 +113,7 @@ def run(
     configs = work / "bundle" / "configs"
     shutil.copytree(ROOT / "bundles" / BUNDLES[task] / "configs", configs)
     if task == "lits":  # the documented first step: measure spacing and intensities on the training fold
-        from common.data.fingerprint import main as fingerprint
+        from common.data.fingerprint import fingerprint
 
         fingerprint(data["datalist"], data["dataset_dir"], fold=0, bundle_dir=str(configs.parent))
     root = work / "run"
@@ -166,12 +165,3 @@ def render(rows: list[dict[str, Any]], task: str, epochs: int, factor: float, ca
             f"{f(r.get('train_s'), '{:.0f}')} |"
         )
     return os.linesep.join(lines)
-
-
-def main(**kwargs: Any) -> None:
-    """CLI entry: ``run`` without echoing its return value."""
-    run(**kwargs)
-
-
-if __name__ == "__main__":
-    fire.Fire(main)

@@ -35,7 +35,7 @@ from common import BUNDLES_DIR
 from common.datasets import prostate
 from common.networks import count_parameters
 
-__all__ = ["BUDGETS", "BUNDLE_DIR", "make_data", "run_variant", "run", "format_table", "main"]
+__all__ = ["BUDGETS", "BUNDLE_DIR", "make_data", "run_variant", "run", "format_table"]
 
 BUNDLE_DIR = BUNDLES_DIR / "prostate_mri_segmentation"
 VARIANTS = ("head", "plain")
@@ -131,7 +131,7 @@ def run_variant(
     eval_s = time.perf_counter() - t0
     state = ev.parser.get_parsed_content("validate#evaluator").state
     dice = state.metric_details["val_mean_dice"].float().mean(dim=1).tolist()
-    iou = state.metric_details["val_mean_iou"].float().mean(dim=1).tolist()
+    iou = state.metric_details["val_mean_dice"].float().mean(dim=1).tolist()
     return {"input": input_size, "variant": "head" if head else "plain", "fold": fold, "stages": stages,
             "output": out_side, "params": params, "dice": dice, "iou": iou, "train_s": train_s, "eval_s": eval_s}
 
@@ -200,19 +200,29 @@ def run(
     seed: int = 0,
     threads: int | None = None,
     verbose: bool = False,
-    **overrides: Any,
+    cases: int | None = None,
+    data_size: int | None = None,
+    folds: Sequence[int] | None = None,
+    image_size: int | None = None,
+    features: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    num_samples: int | None = None,
+    learning_rate: float | None = None,
 ) -> str:
-    """Run the experiment into ``out`` and return the Markdown table (also written to ``out/results.md``).
+    """Train the up-scaling head and the plain network per input size; return the Markdown table.
 
-    ``overrides`` replace budget entries, e.g. ``epochs=10`` or ``folds=[0, 1]``.
+    The budget is ``full`` (5 folds, 200 epochs), ``--quick`` or ``--tiny`` (see ``BUDGETS``); any of its
+    entries (``cases`` ... ``learning_rate``) can be set on its own, e.g. ``--epochs 10 --folds "[0,1]"``.
+    The table is also written to ``out/results.md``.
     """
     if quick and tiny:
         raise ValueError("choose at most one of --quick and --tiny.")
     budget = dict(BUDGETS["tiny" if tiny else "quick" if quick else "full"])
-    unknown = set(overrides) - set(budget)
-    if unknown:
-        raise ValueError(f"unknown budget entries {sorted(unknown)}; valid: {sorted(budget)}.")
-    budget.update(overrides)
+    given = {"cases": cases, "data_size": data_size, "folds": folds, "image_size": image_size,
+             "features": features, "epochs": epochs, "batch_size": batch_size, "num_samples": num_samples,
+             "learning_rate": learning_rate}
+    budget.update({k: v for k, v in given.items() if v is not None})
     budget["folds"] = [int(f) for f in (budget["folds"] if isinstance(budget["folds"], (list, tuple))
                                         else [budget["folds"]])]
     if threads:
@@ -235,14 +245,3 @@ def run(
     (out_dir / "results.md").write_text(table + "\n")
     (out_dir / "results.json").write_text(json.dumps({"budget": budget, "seed": seed, "results": results}, indent=1))
     return table
-
-
-def main() -> None:
-    """``python -m common.experiments.lowres --out DIR [--quick|--tiny] [--sizes "[16,32]"] [--epochs N] ...``"""
-    import fire
-
-    fire.Fire(run)  # fire prints the returned table
-
-
-if __name__ == "__main__":
-    main()

@@ -124,7 +124,7 @@ def lits_trained(lits_data, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cascade_lits_bundle")
     configs = root / "configs"
     shutil.copytree(bundle_dir(LITS) / "configs", configs)
-    from common.data.fingerprint import main as fingerprint  # step 1 of the model card: statistics of the fold
+    from common.data.fingerprint import fingerprint  # step 1 of the model card: statistics of the fold
 
     fingerprint(lits_data["datalist"], lits_data["dataset_dir"], fold=0, bundle_dir=str(root))
     best = {}
@@ -238,4 +238,4 @@ def test_readme_and_model_cards_give_the_cascade_commands():
         card = (bundle_dir(bundle) / "docs" / "README.md").read_text()
         for name in OVERLAYS:
             assert name in card, f"{bundle} model card does not mention {name}"
-    assert "experiments.cascade" in (ROOT / "README.md").read_text()
+    assert "pocket experiment cascade" in (ROOT / "README.md").read_text()

@@ -54,9 +54,9 @@ def _copy_configs(dest: Path) -> Path:
 def configs(data, tmp_path_factory) -> Path:
     """The bundle's configs with the fingerprint measured on the look-alike training fold (the documented step 1)."""
     dest = _copy_configs(tmp_path_factory.mktemp("lits_configs"))
-    from common.data.fingerprint import main
+    from common.data.fingerprint import fingerprint
 
-    main(data["datalist"], data["dataset_dir"], fold=0, bundle_dir=str(dest))
+    fingerprint(data["datalist"], data["dataset_dir"], fold=0, bundle_dir=str(dest))
     return dest / "configs"
 
 

@@ -185,7 +185,7 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     listfile.write_text(json.dumps({"num_folds": 5, "training": entries}))
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "common.data.datacheck", str(listfile), "--dataset_dir", str(tmp_path), *args]
+        cmd = [sys.executable, "-m", "common", "datacheck", str(listfile), "--dataset_dir", str(tmp_path), *args]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
 
     ok = run("--fold", "0", "--split", "val", "--image_channels", "1", "--label_values", "[0,1,2]")

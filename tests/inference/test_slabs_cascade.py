@@ -326,7 +326,7 @@ def test_stage2_slab_training_learns_a_blob() -> None:
 
 def test_benchmark_quick_tiny_runs() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "common.benchmarks.memory", "--quick", "--sizes", "1x32x32x20", "--methods",
+    cmd = [sys.executable, "-m", "common", "memory", "--quick", "--sizes", "1x32x32x20", "--methods",
            "cascade", "--widths", "pocket", "--init-filters", "4", "--device", "cpu", "--threads", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -349,6 +349,5 @@ def test_benchmark_estimate_and_skip(monkeypatch: pytest.MonkeyPatch, capsys: py
     mem, sec = memory_benchmark.estimate(cfg)
     assert mem == pytest.approx(1e6 + 50 * 128 * 128 + 3 * 128 * 128 * 112)  # depth padded to 7 slabs
     assert sec == pytest.approx(1e-6 * 128 * 128 * 112)
-    memory_benchmark.main(["--sizes", "1x128x128x100", "--methods", "whole", "--widths", "pocket", "--device",
-                           "cpu", "--max-gb", "1e-6"])
+    memory_benchmark.memory(sizes="1x128x128x100", methods="whole", widths="pocket", device="cpu", max_gb=1e-6)
     assert "skipped: est." in capsys.readouterr().out
