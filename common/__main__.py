@@ -51,6 +51,18 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+class Group:
+    """Commands under one name (``pocket experiment cascade``); fire shows ``doc`` beside the name."""
+
+    def __init__(self, doc: str, **commands: Callable[..., Any]) -> None:
+        self.__doc__ = doc
+        for name, fn in commands.items():
+            setattr(self, name, fn)
+
+    def commands(self) -> dict[str, Callable[..., Any]]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
 COMMANDS: dict[str, Any] = {
     "demo": command(demo),
     "lookalike": command(write_lookalike),
@@ -62,10 +74,12 @@ COMMANDS: dict[str, Any] = {
     "memory": command(memory),
     "complexity": command(complexity),
     "cpu_options": command(cpu_options),
-    "experiment": {
-        "cascade": command(cascade_experiment.run),
-        "lowres": command(lowres_experiment.run),
-    },
+    "experiment": Group(
+        "The papers' comparisons on look-alike data: cascade (whole vs slab-wise vs cascade), lowres (up-scaling "
+        "head vs plain network).",
+        cascade=command(cascade_experiment.run),
+        lowres=command(lowres_experiment.run),
+    ),
 }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from common import REPO_ROOT
-from common.__main__ import COMMANDS, main
+from common.__main__ import COMMANDS, Group, main
 
 DOCS = sorted(
     [REPO_ROOT / "README.md", *REPO_ROOT.glob("docs/*.md"), *REPO_ROOT.glob("bundles/*/docs/README.md"),
@@ -138,7 +138,7 @@ def documented(kind: str) -> list[Command]:
                 block.append((number, line))
             elif kind == "shell":
                 for span in re.findall(r"`([^`]+)`", line):
-                    if re.match(r"(pocket|python -m (common|monai\.bundle)) ", span) and "..." not in span:
+                    if re.match(r"(pocket|python -m (common|monai\.bundle)) ", span) and "..." not in span and "<" not in span:
                         found.append(Command(doc, number, span, _default_cwd(doc), inline=True))
     return found
 
@@ -164,9 +164,10 @@ def _function(argv: list[str]) -> tuple[str, Any, list[str]]:
     name, rest = argv[0], argv[1:]
     assert name in COMMANDS, f"unknown command {name!r}; the commands are {sorted(COMMANDS)}"
     fn = COMMANDS[name]
-    if isinstance(fn, dict):
-        assert rest and rest[0] in fn, f"{name} needs one of {sorted(fn)}"
-        fn, rest = fn[rest[0]], rest[1:]
+    if isinstance(fn, Group):
+        subs = fn.commands()
+        assert rest and rest[0] in subs, f"{name} needs one of {sorted(subs)}"
+        fn, rest = subs[rest[0]], rest[1:]
     return name, inspect.unwrap(fn), rest
 
 
@@ -219,7 +220,7 @@ def test_every_command_answers_help(capsys: pytest.CaptureFixture) -> None:
     listing = "".join(capsys.readouterr())
     for name, fn in COMMANDS.items():
         assert name in listing
-        subs = fn.items() if isinstance(fn, dict) else [(None, fn)]
+        subs = fn.commands().items() if isinstance(fn, Group) else [(None, fn)]
         for sub, f in subs:
             assert inspect.unwrap(f).__doc__, f"{name} {sub or ''}: no docstring for --help"
             with pytest.raises(SystemExit) as exit_info:

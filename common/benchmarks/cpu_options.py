@@ -1,11 +1,11 @@
 """A/B timing of one CPU speed option on the networks the bundle configs build.
 
-``python -m common.benchmarks.profile`` measures the options on the 3D segmenters; this command measures them on any
+``pocket profile`` measures the options on the 3D segmenters; this command measures them on any
 bundle's own ``network`` (2D classifier, ELU-Net with the up-scaling head, ...), built from its
 ``configs/train.json`` with the option off and on, same weights::
 
-    python -m common.benchmarks.cpu_options                                   # channels_last, the two 2D bundles
-    python -m common.benchmarks.cpu_options --option bf16 --bundles nfbs_brain_mri_segmentation --shape 1,1,64,64,64
+    pocket cpu_options                                   # channels_last, the two 2D bundles
+    pocket cpu_options --option bf16 --bundles nfbs_brain_mri_segmentation --shape 1,1,64,64,64
 
 Per bundle: the output difference (eval, max |on - off| / max |off|), then interleaved pairs of a
 training step (forward, mean of the output, backward; no optimiser) and of an inference forward pass

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m common.benchmarks.profile --quick --out /tmp/profile  # U-Net, 32^3 patch, batch 1-2: minutes on 2 cores
-    python -m common.benchmarks.profile --out results/              # all five archs, 128^3, batch 1/2/4 (the paper's)
-    python -m common.benchmarks.profile --archs unet,densenet --patch 64 --batches 1,2 --sections train,infer
+    pocket profile --quick --out /tmp/profile  # U-Net, 32^3 patch, batch 1-2: minutes on 2 cores
+    pocket profile --out results/              # all five archs, 128^3, batch 1/2/4 (the paper's)
+    pocket profile --archs unet,densenet --patch 64 --batches 1,2 --sections train,infer
 
 Everything is measured in one run, full and pocket of a configuration back to back, so the pocket/full
 ratios compare like with like on a machine whose load changes. Sections (``--sections``):
@@ -333,7 +333,7 @@ def profile(
     from common.benchmarks.profile_measure import depth_for_patch, network_stats
 
     meta: dict[str, Any] = {
-        "command": "python -m common.benchmarks.profile " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("profile.py")
+        "command": "pocket profile " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("profile.py")
         else "common.benchmarks.profile.profile(...)",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu": _cpu_model(), "cores": perf.physical_cores(), "threads": torch.get_num_threads(),

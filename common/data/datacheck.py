@@ -7,8 +7,8 @@ all cases are checked before raising, so one run shows every problem.
 
 CLI::
 
-    python -m common.data.datacheck data_lists/lits.json --dataset_dir /data/lits --label_values "[0,1,2]"
-    python -m common.data.datacheck covidx.json --dataset_dir /data/covidx --split test --image_channels "(1,3)"
+    pocket datacheck data_lists/lits.json --dataset_dir /data/lits --label_values "[0,1,2]"
+    pocket datacheck covidx.json --dataset_dir /data/covidx --split test --image_channels "(1,3)"
 
 Bundles call :func:`assert_valid` in their config, e.g.
 ``"$common.data.datacheck.assert_valid(common.data.datalists.load_fold(@datalist, @dataset_dir, @fold, 'train'),

@@ -1,13 +1,13 @@
 """Dataset fingerprint: the spacing and intensity statistics a CT bundle's preprocessing needs.
 
-Seed 000 (PocketNet, TMI) preprocesses LiTS the nnU-Net way: resample every volume to the training set's
-median in-plane spacing and 90th-percentile slice spacing, clip to the 0.5/99.5 percentiles of the
-foreground (label > 0) intensities over the training set, then z-score with the foreground mean and std.
+PocketNet (Celaya et al., "PocketNet: A Smaller Neural Network for Medical Image Analysis", IEEE TMI 2022)
+preprocesses LiTS the nnU-Net way: resample every volume to the training set's median in-plane spacing and
+90th-percentile slice spacing, clip to the 0.5/99.5 percentiles of the foreground (label > 0) intensities over the training set, then z-score with the foreground mean and std.
 Those numbers depend on the data and the fold, so they are measured by this command, not typed by hand:
 it reads the training cases of one fold and writes a ``"fingerprint"`` block into every config of a bundle
 that has one (only that block changes; the rest of each file is kept byte for byte)::
 
-    python -m common.data.fingerprint --datalist data_lists/lits.json --dataset_dir /data/lits --fold 0 \\
+    pocket fingerprint --datalist data_lists/lits.json --dataset_dir /data/lits --fold 0 \\
         --bundle_dir bundles/lits_liver_ct_segmentation
 
 Without ``--bundle_dir`` the block is printed. Only image headers are read for the spacing; the voxel data
@@ -259,7 +259,7 @@ def check(block: dict[str, Any]) -> dict[str, Any]:
     if int(block.get("num_cases", 0)) == 0:
         logger.warning(
             "fingerprint: using the shipped placeholder statistics (not measured on your data); run "
-            "'python -m common.data.fingerprint --datalist ... --dataset_dir ... --bundle_dir ...' first."
+            "'pocket fingerprint --datalist ... --dataset_dir ... --bundle_dir ...' first."
         )
     return block
 

@@ -1,13 +1,15 @@
 """Whole-volume vs slab-wise vs cascade on look-alike data, through the bundles' own configs.
 
-Seed 003 compares a whole-volume 3D U-Net, a slab-wise U-Net (16-voxel slabs) and the two-stage cascade.
+Wehen, "A Comparative Study of U-Net, Patch-wise U-Net, and Patch-wise U-Net Cascade" (bachelor thesis, 2023),
+the slab-wise cascade study, compares a whole-volume 3D U-Net, a slab-wise U-Net (16-voxel slabs) and the
+two-stage cascade.
 This command trains and evaluates all three with the LiTS or BraTS bundle exactly as a user would
 (``train.json`` + the ``train_slab`` / ``train_cascade_stage{1,2}`` overlays, then ``evaluate.json`` + the
 ``evaluate_slab`` / ``evaluate_cascade`` overlays), on freshly generated look-alike cases, and prints the
 validation Dice of each with the same budget (epochs) per model::
 
-    python -m common.experiments.cascade --task lits --out /tmp/cascade_lits
-    python -m common.experiments.cascade --task brats --out /tmp/cascade_brats --epochs 20
+    pocket experiment cascade --task lits --out /tmp/cascade_lits
+    pocket experiment cascade --task brats --out /tmp/cascade_brats --epochs 20
 
 Look-alike volumes are small (``--size`` voxels a side), so the "whole-volume" model is ``train.json`` with a
 ``--patch`` (64^3) that covers the whole resampled look-alike volume. The cascade factor defaults to 0.5 here: the

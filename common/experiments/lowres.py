@@ -8,10 +8,10 @@ validation volume (3D Dice and Jaccard of the prostate per case) and prints a Ma
 
 Usage::
 
-    python -m common.experiments.lowres --out /tmp/lowres --quick       # the CPU budget of the model card
-    python -m common.experiments.lowres --out /tmp/lowres                # full budget (GPU; 5 folds)
-    python -m common.experiments.lowres --out /tmp/lowres --tiny         # seconds: correctness only
-    python -m common.experiments.lowres --out /tmp/lowres --quick --epochs 40 --sizes "[16]"
+    pocket experiment lowres --out /tmp/lowres --quick       # the CPU budget of the model card
+    pocket experiment lowres --out /tmp/lowres                # full budget (GPU; 5 folds)
+    pocket experiment lowres --out /tmp/lowres --tiny         # seconds: correctness only
+    pocket experiment lowres --out /tmp/lowres --quick --epochs 40 --sizes "[16]"
 
 Every run validates once, after its last epoch, and that final model is the one scored: no checkpoint is
 selected on the validation cases. The table, ``results.md`` and ``results.json`` go to ``OUT``; each run's
@@ -131,7 +131,7 @@ def run_variant(
     eval_s = time.perf_counter() - t0
     state = ev.parser.get_parsed_content("validate#evaluator").state
     dice = state.metric_details["val_mean_dice"].float().mean(dim=1).tolist()
-    iou = state.metric_details["val_mean_dice"].float().mean(dim=1).tolist()
+    iou = state.metric_details["val_mean_iou"].float().mean(dim=1).tolist()
     return {"input": input_size, "variant": "head" if head else "plain", "fold": fold, "stages": stages,
             "output": out_side, "params": params, "dice": dice, "iou": iou, "train_s": train_s, "eval_s": eval_s}
 

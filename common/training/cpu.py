@@ -1,6 +1,6 @@
 """CPU speed options for training and inference, as functions bundle configs can call.
 
-Each option is measured by ``python -m common.benchmarks.profile`` (section "CPU speed options") on the machine at
+Each option is measured by ``pocket profile`` (section "CPU speed options") on the machine at
 hand; keep an option only where it measurably helps there. The options never change a state dict:
 memory format and autocast are applied with tensor conversions and forward hooks, so checkpoints stay
 interchangeable between machines with and without them. Hooks are not TorchScript-compatible: apply

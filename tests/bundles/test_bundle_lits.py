@@ -93,7 +93,7 @@ def _expected_fingerprint(data: dict) -> dict:
 
 def test_fingerprint_command_measures_the_training_fold_and_rewrites_only_its_block(data, tmp_path):
     dest = _copy_configs(tmp_path)
-    cmd = [sys.executable, "-m", "common.data.fingerprint", "--datalist", data["datalist"], "--dataset_dir",
+    cmd = [sys.executable, "-m", "common", "fingerprint", "--datalist", data["datalist"], "--dataset_dir",
            data["dataset_dir"], "--fold", "0", "--bundle_dir", str(dest), "--modality", "ct"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
