@@ -161,6 +161,8 @@ def _cli_argv(cmd: Command) -> list[str] | None:
 
 
 def _function(argv: list[str]) -> tuple[str, Any, list[str]]:
+    if argv == ["--help"]:
+        return "--help", main, []
     name, rest = argv[0], argv[1:]
     assert name in COMMANDS, f"unknown command {name!r}; the commands are {sorted(COMMANDS)}"
     fn = COMMANDS[name]
