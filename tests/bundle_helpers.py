@@ -45,8 +45,8 @@ def run_workflow(
         **override,
     )
     wf.initialize()
-    missing = wf.check_properties()
-    assert missing == [] or missing is None, f"missing bundle properties: {missing}"
+    missing = wf.check_properties()  # None would mean no property list was checked (unknown workflow type)
+    assert missing == [], f"missing bundle properties: {missing}"
     wf.run()
     wf.finalize()
     return wf
@@ -55,6 +55,53 @@ def run_workflow(
 def read_json(path: str | os.PathLike) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+# the metric evaluate.json scores each post-processing strategy with (metrics.csv names)
+STRATEGY_METRICS = {"none": "val_mean_dice", "largest_component": "val_mean_dice_largest_component",
+                    "morphological": "val_mean_dice_morphological"}
+
+
+def read_metrics(eval_dir: str | os.PathLike) -> dict[str, float]:
+    """``metrics.csv`` of an evaluation (MONAI's ``MetricsSaver``): one ``name,value`` line per metric."""
+    with open(Path(eval_dir) / "metrics.csv") as f:
+        return {name: float(value) for name, value in (line.strip().split(",") for line in f if line.strip())}
+
+
+def read_per_case(eval_dir: str | os.PathLike, metric: str = "val_mean_dice") -> dict[str, float]:
+    """Per-case ``mean`` column of ``<metric>_raw.csv`` (``filename,class0,...,mean``), by file name."""
+    lines = (Path(eval_dir) / f"{metric}_raw.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "filename" and header[-1] == "mean", header
+    return {row.split(",")[0]: float(row.split(",")[-1]) for row in lines[1:]}
+
+
+def assert_strategy_record(eval_dir: str | os.PathLike, record_file: str | os.PathLike) -> dict:
+    """The post-processing record of an evaluation holds each strategy's mean Dice as ``metrics.csv`` reports
+    it and names the best one (ties: the simplest, in ``STRATEGY_METRICS`` order); ``metrics.csv``'s mean
+    Dice is the mean of the per-case CSV. Returns the record."""
+    import numpy as np
+    import pytest
+
+    summary, record = read_metrics(eval_dir), read_json(record_file)
+    assert set(record["mean_dice"]) == set(STRATEGY_METRICS), record
+    for strategy, metric in STRATEGY_METRICS.items():
+        assert record["mean_dice"][strategy] == pytest.approx(summary[metric], abs=1e-6), (strategy, record)
+        per_case = read_per_case(eval_dir, metric)
+        assert summary[metric] == pytest.approx(float(np.mean(list(per_case.values()))), abs=1e-5), metric
+    order = list(STRATEGY_METRICS)
+    assert record["strategy"] == max(order, key=lambda s: (record["mean_dice"][s], -order.index(s))), record
+    return record
+
+
+def assert_inference_applies(wf: ConfigWorkflow, strategy: str) -> None:
+    """An inference workflow read ``strategy`` from the record and its post-processing applies exactly it."""
+    from common.inference.postprocessing import ApplyPostprocessingd
+
+    assert wf.parser.get_parsed_content("postprocessing_strategy") == strategy
+    applied = [t for t in wf.parser.get_parsed_content("postprocessing").transforms
+               if isinstance(t, ApplyPostprocessingd)]
+    assert [t.strategy for t in applied] == [strategy], applied
 
 
 def assert_training_refuses(

@@ -14,7 +14,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, SCHEMA, assert_training_refuses, bundle_dir, read_json, run_workflow
+from bundle_helpers import (
+    ROOT,
+    SCHEMA,
+    assert_training_refuses,
+    bundle_dir,
+    read_json,
+    read_per_case,
+    run_workflow,
+)
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata
 
 from common.datasets.prostate import build_datalist as msd
@@ -172,16 +180,38 @@ def test_label_value_3_is_refused_before_training(data, tmp_path):
                             dataset_dir=str(ds), datalist=data["datalist"], **TINY)
 
 
-def test_experiment_command_runs_in_tiny_mode(tmp_path):
-    table = lowres_experiment.run(str(tmp_path), tiny=True)
-    for size in (16, 32):
-        assert f"| {size}x{size} | ELU-Net + head + multi-scale loss |" in table
-        assert f"| {size}x{size} | ELU-Net, upsampled | {size}x{size} | 0 |" in table
-        assert f"{size}x{size}: Dice(head) - Dice(plain) =" in table
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert len(results) == 4 and all(0.0 <= d <= 1.0 for r in results for d in r["dice"])
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def test_experiment_command_runs_in_tiny_mode(tmp_path, monkeypatch):
+    """The tiny budget with 8 epochs of 4 volumes, one at a time: Dice 0.48-0.56 per run (0.22-0.79 over data
+    seeds 1-2); the published table and results.json are exactly the per-case CSVs of each run's evaluation."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the configs' "auto" threads keep threads=1: repeatable rounding
+    table = lowres_experiment.run(str(tmp_path), tiny=True, threads=1, epochs=8, batch_size=1, num_samples=4)
     assert (tmp_path / "results.md").read_text().strip() == table
-    assert (tmp_path / "runs" / "fold0" / "16_head" / "eval" / "val_mean_dice_raw.csv").exists()
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert sorted((r["input"], r["variant"]) for r in results) == [(16, "head"), (16, "plain"), (32, "head"),
+                                                                     (32, "plain")]
+    rows = table.splitlines()
+    dice = {}
+    for r in results:
+        eval_dir = tmp_path / "runs" / "fold0" / f"{r['input']}_{r['variant']}" / "eval"
+        per_case = {m: list(read_per_case(eval_dir, m).values()) for m in ("val_mean_dice", "val_mean_iou")}
+        assert r["dice"] == pytest.approx(per_case["val_mean_dice"], abs=1e-6)
+        assert r["iou"] == pytest.approx(per_case["val_mean_iou"], abs=1e-6)
+        dice[r["input"], r["variant"]] = per_case["val_mean_dice"]
+        name = "ELU-Net + head + multi-scale loss" if r["variant"] == "head" else "ELU-Net, upsampled"
+        [row] = [x for x in rows if x.startswith(f"| {r['input']}x{r['input']} | {name} |")]
+        cells = (_mean_std(per_case["val_mean_dice"]), _mean_std(per_case["val_mean_iou"]), str(len(r["dice"])))
+        assert f"| {' | '.join(cells)} |" in row, row
+    for size in (16, 32):
+        assert f"| {size}x{size} | ELU-Net, upsampled | {size}x{size} | 0 |" in table
+        diffs = [h - p for h, p in zip(dice[size, "head"], dice[size, "plain"])]
+        assert (f"{size}x{size}: Dice(head) - Dice(plain) = {_mean_std(diffs)} over {len(diffs)} paired cases; "
+                f"head better on {sum(d > 0 for d in diffs)} of {len(diffs)}.") in table
+    scores = [d for r in results for d in r["dice"]]
+    assert min(scores) >= 0.15 and np.mean(scores) >= 0.35, scores  # every run finds the prostate
 
 
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
