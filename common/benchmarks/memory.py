@@ -1,7 +1,7 @@
 """Peak memory and time per volume: whole-volume 3D U-Net vs slab-wise U-Net vs slab-wise cascade.
 
 The methods and the reference figures are from Wehen, "A Comparative Study of U-Net, Patch-wise U-Net, and
-Patch-wise U-Net Cascade" (bachelor thesis), called "the study" below. Usage::
+Patch-wise U-Net Cascade" (bachelor thesis, 2023), the slab-wise cascade study, "the study" below. Usage::
 
     pocket memory                        # brain 4x240x240x155 and liver 1x512x512x500
     pocket memory --quick                # reduced sizes (brain /4, liver /8 per side), ~2 min

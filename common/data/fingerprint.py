@@ -2,7 +2,8 @@
 
 PocketNet (Celaya et al., "PocketNet: A Smaller Neural Network for Medical Image Analysis", IEEE TMI 2022)
 preprocesses LiTS the nnU-Net way: resample every volume to the training set's median in-plane spacing and
-90th-percentile slice spacing, clip to the 0.5/99.5 percentiles of the foreground (label > 0) intensities over the training set, then z-score with the foreground mean and std.
+90th-percentile slice spacing, clip to the 0.5/99.5 percentiles of the foreground (label > 0) intensities over
+the training set, then z-score with the foreground mean and std.
 Those numbers depend on the data and the fold, so they are measured by this command, not typed by hand:
 it reads the training cases of one fold and writes a ``"fingerprint"`` block into every config of a bundle
 that has one (only that block changes; the rest of each file is kept byte for byte)::

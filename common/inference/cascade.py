@@ -1,10 +1,13 @@
 """Two-stage slab-wise U-Net cascade: a low-resolution whole-volume stage 1 guides a slab-wise stage 2.
 
-Stage 1 is a 3D U-Net on the volume down-sampled by ``factor`` (the thesis: 0.3 for brain, 0.2 for liver;
+The method is the patch-wise U-Net cascade of Wehen, "A Comparative Study of U-Net, Patch-wise U-Net, and
+Patch-wise U-Net Cascade" (bachelor thesis, 2023): the slab-wise cascade study, "the study" below.
+
+Stage 1 is a 3D U-Net on the volume down-sampled by ``factor`` (the study: 0.3 for brain, 0.2 for liver;
 trilinear, ``align_corners=True``, size ``floor(size * factor)`` -- what ``torch.nn.Upsample(scale_factor=...)``
 and MONAI's ``Zoomd(keep_size=False)`` give -- then z-scored again). Stage 2 is a slab-wise U-Net
 (``common.inference.slabs``) whose input is the image plus stage 1's segmentation, brought back to the full grid, as
-``num_classes - 1`` extra **foreground one-hot channels** (nnU-Net's encoding; the background channel the thesis
+``num_classes - 1`` extra **foreground one-hot channels** (nnU-Net's encoding; the background channel the study
 also appended is ``1 - sum(foreground)`` and carries nothing).
 
 Guidance channels, ``hard`` (default) or soft:
@@ -12,11 +15,11 @@ Guidance channels, ``hard`` (default) or soft:
 * ``hard=True``: the low-resolution label map is one-hot encoded, each class channel is up-sampled
   trilinearly to the full grid and the argmax is one-hot encoded again: a clean 0/1 mask, which is how
   nnU-Net resamples a segmentation (per label linear, then the most likely label).
-* ``hard=False``: the up-sampled one-hot channels are kept soft (values in [0, 1]), as the thesis did.
+* ``hard=False``: the up-sampled one-hot channels are kept soft (values in [0, 1]), as the study did.
 
 Training stage 2, two modes (both give the same channels as inference):
 
-* ``DownUpSampleLabeld`` (default, the thesis): guidance from the ground truth down-sampled by ``factor`` and
+* ``DownUpSampleLabeld`` (default, the study's way): guidance from the ground truth down-sampled by ``factor`` and
   up-sampled back -- no stage-1 model needed, both stages train independently. In hard mode the down-sampled
   ground truth is argmaxed first (it is then what a perfect stage 1 would output).
 * ``Stage1Predictiond`` (nnU-Net's way): guidance from a trained stage-1 network's prediction, so stage 2
@@ -80,7 +83,7 @@ def lowres_size(spatial_shape: Sequence[int], factor: Factor) -> tuple[int, ...]
 
 
 def _interpolate(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(Bi/tri)linear resampling with ``align_corners=True`` (the thesis' ``nn.Upsample`` and our ``Zoomd``)."""
+    """(Bi/tri)linear resampling with ``align_corners=True`` (the study's ``nn.Upsample`` and our ``Zoomd``)."""
     return F.interpolate(x, size=tuple(size), mode=_LINEAR[x.ndim - 2], align_corners=True)
 
 
@@ -179,10 +182,10 @@ class CascadeInferer(Inferer):
 
     Args:
         stage1: the stage-1 network (its output channel count ``K`` sets the guidance channels).
-        factor: down-sampling factor (0.3 brain, 0.2 liver in the thesis), one value or one per axis.
+        factor: down-sampling factor (0.3 brain, 0.2 liver in the study), one value or one per axis.
         slab_size / axis / multiple / batch_size / sw_device / device: stage 2's ``SlabInferer``.
-        hard: 0/1 guidance (default) or the thesis' soft up-sampled one-hot; must match stage 2's training.
-        renormalize: z-score the down-sampled image again (the thesis did; stage 1 must be trained so).
+        hard: 0/1 guidance (default) or the study's soft up-sampled one-hot; must match stage 2's training.
+        renormalize: z-score the down-sampled image again (the study did; stage 1 must be trained so).
         freeze_stage1: put stage 1 in eval mode and run it without autograd (the evaluator only switches
             ``network`` to eval); ``False`` leaves both to the caller (the benchmark's ``--grad`` setting).
         stage1_inferer: how stage 1 is run on the low-resolution volume.
@@ -275,7 +278,7 @@ class DownsampleLabeld(MapTransform):
     """Stage-1 training target: the label on the stage-1 grid.
 
     Each class's mask is down-sampled trilinearly (MONAI ``Zoom``, same grid and affine as ``Zoomd`` gives the
-    image) -> ``soft=True``: the soft one-hot ``(K, *s)`` (the thesis' target; use a loss without
+    image) -> ``soft=True``: the soft one-hot ``(K, *s)`` (the study's target; use a loss without
     ``to_onehot_y``); ``soft=False`` (default): its argmax ``(1, *s)``, the label a perfect stage 1 would
     output, matching ``DownUpSampleLabeld(hard=True)``.
     """
@@ -300,7 +303,7 @@ class DownsampleLabeld(MapTransform):
 
 
 class DownUpSampleLabeld(MapTransform):
-    """Stage-2 guidance from the ground truth (the thesis' training): ``label_guidance`` of ``keys`` stored as
+    """Stage-2 guidance from the ground truth (the study's training): ``label_guidance`` of ``keys`` stored as
     ``(K - 1, *S)`` float under ``out_key`` (then ``ConcatItemsd(keys=["image", out_key], name="image")``)."""
 
     def __init__(self, keys: str | Sequence[str], factor: Factor, num_classes: int, out_key: str = "guide",

@@ -1,6 +1,7 @@
 """Post-processing strategies for segmentation label maps, and the record of which one won.
 
-Seed 000 picks the post-processing by validation Dice. Three strategies, applied per foreground label:
+PocketNet (Celaya et al., "PocketNet: A Smaller Neural Network for Medical Image Analysis", IEEE TMI 2022) picks
+the post-processing by validation Dice. Three strategies, applied per foreground label:
 ``none``; ``largest_component`` (keep the largest connected component); ``morphological`` (erode 2 voxels,
 keep the largest component, dilate 1 voxel, fill holes). ``evaluate.json`` scores all three on the
 validation cases and writes the winner to ``models/postprocessing.json``; ``inference.json`` reads it.

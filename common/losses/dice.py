@@ -1,6 +1,7 @@
 """Losses of the PocketNet papers, as configurations of MONAI's Dice losses.
 
-L2-Dice (seed 000 eq. 4), per sample and class, averaged over classes with the background included::
+L2-Dice (eq. 4 of Celaya et al., "PocketNet: A Smaller Neural Network for Medical Image Analysis", IEEE TMI
+2022), per sample and class, averaged over classes with the background included::
 
     sum((y - p)^2) / (sum(y^2) + sum(p^2) + eps)  ==  1 - (2 sum(y p) + eps) / (sum(y^2) + sum(p^2) + eps)
 

@@ -50,7 +50,7 @@ def test_cascade_overlays_agree_on_the_shared_settings(bundle):
         values = {configs[n][key] for n in names}
         assert len(values) == 1, f"{key} differs across {names}: {values}"
     factor = configs["train_cascade_stage1.json"]["factor"]
-    assert factor == (0.2 if bundle == LITS else 0.3)  # the thesis' defaults
+    assert factor == (0.2 if bundle == LITS else 0.3)  # the slab-wise cascade study's defaults
     # stage 1 is z-scored again after down-sampling exactly when the cascade inferer does so
     stage1 = configs["train_cascade_stage1.json"]["stage1_transforms"]
     renorm = any(t["_target_"] == "NormalizeIntensityd" for t in stage1)

@@ -221,7 +221,7 @@ def test_stage2_input_channels_from_down_up_sampled_ground_truth(hard: bool) -> 
         assert set(guide.unique().tolist()) == {0.0, 1.0}
         assert guide.sum(0).max() == 1  # one-hot (background = no channel set)
     else:
-        assert ((guide > 0) & (guide < 1)).any()  # the thesis' soft guidance
+        assert ((guide > 0) & (guide < 1)).any()  # the slab-wise cascade study's soft guidance
     assert dice(guide[0] > 0.5, label[0] == 1) > 0.7 and dice(guide[1] > 0.5, label[0] == 2) > 0.7
     stage2 = ConcatItemsd(["image", "guide"], name="image")(d)["image"]
     assert stage2.shape == (2 + 2, 30, 28, 37)
