@@ -23,6 +23,7 @@ import inspect
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +139,8 @@ def documented(kind: str) -> list[Command]:
                 block.append((number, line))
             elif kind == "shell":
                 for span in re.findall(r"`([^`]+)`", line):
-                    if re.match(r"(pocket|python -m (common|monai\.bundle)) ", span) and "..." not in span and "<" not in span:
+                    pattern = "..." in span or "<" in span  # "pocket <command>": a pattern, not a command
+                    if re.match(r"(pocket|python -m (common|monai\.bundle)) ", span) and not pattern:
                         found.append(Command(doc, number, span, _default_cwd(doc), inline=True))
     return found
 
@@ -243,11 +245,20 @@ def test_bad_input_is_one_sentence_and_exit_1(tmp_path: Path, capsys: pytest.Cap
     assert "missing.json" in capsys.readouterr().err
 
 
-def test_the_console_script_is_declared() -> None:
+def test_the_console_script_is_installed_and_runs() -> None:
     import tomllib
 
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["pocket"] == "common.__main__:main"
+    # the README's set-up installs it beside the interpreter
+    pocket = Path(sys.executable).parent / "pocket"
+    assert pocket.is_file(), f"{pocket}: not installed (run the README's set-up: bash scripts/test.sh)"
+    proc = subprocess.run([str(pocket), "complexity", "--table", "params"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| Table I  unet full | 90,486,274 | 90.5M |" in proc.stdout
+    proc = subprocess.run([str(pocket), "complexity", "--table", "nope"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "nope" in proc.stderr
 
 
 # ----------------------------------------------------------------------------------------- shell lines
