@@ -22,15 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import Resize
 
-from common.networks import get_network
-
-__all__ = ["gt_side", "head_stages", "lowres_network", "highest_scale", "input_resizer", "LowResSliceInferer"]
+__all__ = ["gt_side", "head_stages", "highest_scale", "input_resizer", "LowResSliceInferer"]
 
 
 def gt_side(image_size: int, input_size: int) -> int:
@@ -48,28 +45,6 @@ def gt_side(image_size: int, input_size: int) -> int:
 def head_stages(image_size: int, input_size: int, head: bool = True) -> int:
     """Number of x2 head stages from ``input_size`` to :func:`gt_side` (0 without head)."""
     return int(round(math.log2(gt_side(image_size, input_size) / input_size))) if head else 0
-
-
-def lowres_network(
-    arch: str = "elunet",
-    num_classes: int = 2,
-    in_channels: int = 1,
-    features: int = 16,
-    depth: int = 4,
-    pocket: bool = False,
-    head: bool = True,
-    stages: int = 0,
-    stage_skips: bool = False,
-) -> nn.Module:
-    """The prostate bundle's network in its config's terms: ``get_network(arch, 2, ...)`` with the up-scaling
-    head of ``stages`` x2 stages when ``head`` is on (see ``common.networks.get_network``, ``head_stages``);
-    ``stage_skips`` only matters with the head.
-
-    With the head the network returns every scale (lowest first) in training mode and only the highest in
-    eval mode; without it, the backbone's logits at the input size.
-    """
-    return get_network(arch, 2, in_channels, num_classes, init_filters=features, depth=depth, pocket=pocket,
-                       head_stages=stages if head else None, stage_skips=head and stage_skips)
 
 
 def highest_scale(pred: Any) -> Any:
