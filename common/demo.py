@@ -33,7 +33,10 @@ def _read_summary(path: Path) -> dict[str, float]:
 
 
 def demo(out: str = "demo_output", cases: int = 8, epochs: int = 10, arch: str = "unet", pocket: bool = True) -> dict:
-    """Run the demo into ``out``; returns the summary it prints (Dice, parameters, time)."""
+    """The README's main job: look-alike NFBS data, train, evaluate and infer with a pocket U-Net bundle.
+
+    Everything goes under ``out``; returns the summary it prints (Dice, parameters, time).
+    """
     start = time.time()
     out_dir = Path(out).resolve()
     print(f"=== look-alike NFBS data: {cases} T1 volumes with brain masks -> {out_dir / 'data'}", flush=True)

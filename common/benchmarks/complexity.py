@@ -229,8 +229,11 @@ def gmac_table(num_classes: int = 1, sizes: int | Sequence[int] = (320, 160, 80,
 
 def complexity(table: str = "all", num_classes: int = 1, sizes: int | Sequence[int] = (320, 160, 80, 32, 16),
                stage_skips: bool = False) -> str:
-    """The ``pocket complexity`` command: ``table="params"`` (``parameter_table``), ``"gmacs"``
-    (``gmac_table(num_classes, sizes, stage_skips)``) or ``"all"`` (both, parameters first). Returns Markdown."""
+    """Parameter counts against the papers and GMac under two counting rules, as Markdown tables.
+
+    ``table="params"`` (``parameter_table``), ``"gmacs"`` (``gmac_table(num_classes, sizes, stage_skips)``) or
+    ``"all"`` (both, parameters first).
+    """
     if table not in TABLES:
         raise ValueError(f"table must be one of {TABLES}, got {table!r}.")
     parts = []

@@ -85,7 +85,7 @@ def ab(bundle: str, shape: tuple[int, ...], option: str = "channels_last", pairs
 
 def cpu_options(bundles: Any = None, option: str = "channels_last", shape: Any = None, pairs: int = 5,
          threads: int = 1) -> None:
-    """Print a Markdown table: one row per bundle and step (see the module docstring)."""
+    """A/B one CPU speed option (channels_last or bf16) on each bundle's own network; prints a table."""
     if option not in ("channels_last", "bf16"):
         raise ValueError(f"option must be 'channels_last' or 'bf16', got {option!r}.")
     names = [b for b in str(bundles).replace(" ", "").split(",") if b] if bundles else list(DEFAULT_SHAPES)

@@ -82,7 +82,7 @@ def build_datalist(
     out: str | None = None,
     suffix: str | None = None,
 ) -> str:
-    """Build the data list of ``dataset`` and answer as the command line does.
+    """The 5-fold MONAI data list of a dataset, printed or written to ``out`` (``all``: the committed ones).
 
     Without ``out`` the answer is the list itself (JSON); with ``out`` the list is written there and the
     answer is a one-line summary. LiTS and BraTS lists are fixed by the release's file names and need no

@@ -360,6 +360,6 @@ def stack_cases(
 
 
 def stack(dataset_dir: str, out: str, case_pattern: str = "*", channels: Sequence[str] = BRATS_CHANNELS) -> str:
-    """:func:`stack_cases`, then a one-line summary of what was written (the command line's answer)."""
+    """BraTS: write one 4-channel NIfTI per case (``channels`` in order) under ``out``; one-line summary."""
     written = stack_cases(dataset_dir, out, case_pattern, channels)
     return f"wrote {len(written)} 4-channel images to {out} (masks under {os.path.join(out, 'labels', 'final')})"
