@@ -14,8 +14,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, bundle_dir, read_json, run_workflow
+import torch.nn.functional as F
+from bundle_helpers import (
+    ROOT,
+    assert_inference_applies,
+    assert_strategy_record,
+    bundle_dir,
+    read_json,
+    read_metrics,
+    run_workflow,
+)
 from monai.bundle import ConfigParser
+from monai.networks.utils import one_hot
+from monai.transforms import Compose
 
 from common.experiments.cascade import make_data
 
@@ -100,6 +111,7 @@ def test_stage2_training_batches_carry_the_guidance_channels_as_slabs(lits_data)
     # the guidance is the coarse label: it overlaps the true liver but is not a copy of it
     fg = label[0] > 0
     assert fg.any() and guide[fg].float().mean() > 0.8
+    assert not torch.equal(guide > 0, fg)
 
 
 @pytest.mark.parametrize("bundle", [LITS, BRATS])
@@ -151,20 +163,22 @@ def test_evaluate_cascade_scores_the_real_cascade_and_records_its_post_processin
     root, configs = lits_trained["root"], lits_trained["configs"]
     run_workflow(LITS, ["train.json", "evaluate.json", "evaluate_cascade.json"], "train", root, configs_dir=configs,
                  **lits_data, **TINY)
-    summary = dict(line.strip().split(",") for line in open(root / "eval" / "cascade" / "metrics.csv"))
-    assert float(summary["val_mean_dice"]) >= 0.7  # stage-1 guidance, not ground truth
-    record = read_json(root / "models" / "cascade" / "postprocessing.json")
-    assert record["strategy"] == max(record["mean_dice"], key=record["mean_dice"].get)
+    assert read_metrics(root / "eval" / "cascade")["val_mean_dice"] >= 0.7  # stage-1 guidance, not ground truth
+    assert_strategy_record(root / "eval" / "cascade", root / "models" / "cascade" / "postprocessing.json")
     run_workflow(LITS, ["train.json", "evaluate.json", "evaluate_slab.json"], "train", root, configs_dir=configs,
                  **lits_data, **TINY)
-    assert (root / "eval" / "slab" / "val_mean_dice_raw.csv").exists()
+    assert read_metrics(root / "eval" / "slab")["val_mean_dice"] >= 0.6  # the slab-wise model's own floor
+    assert_strategy_record(root / "eval" / "slab", root / "models" / "slab" / "postprocessing.json")
 
 
 @pytest.mark.parametrize("overlay", ["inference_cascade.json", "inference_slab.json"])
 def test_inference_writes_one_mask_per_volume_on_its_grid(lits_data, lits_trained, overlay, tmp_path):
     out = tmp_path / "pred"
-    run_workflow(LITS, ["inference.json", overlay], "infer", lits_trained["root"], configs_dir=lits_trained["configs"],
-                 dataset_dir=lits_data["dataset_dir"], output_dir=str(out), **TINY)
+    wf = run_workflow(LITS, ["inference.json", overlay], "infer", lits_trained["root"],
+                      configs_dir=lits_trained["configs"], dataset_dir=lits_data["dataset_dir"], output_dir=str(out),
+                      **TINY)
+    record = lits_trained["root"] / "models" / ("cascade" if "cascade" in overlay else "slab") / "postprocessing.json"
+    assert_inference_applies(wf, read_json(record)["strategy"] if record.exists() else "none")
     preds = sorted(out.glob("*_seg.nii.gz"))
     assert len(preds) == 8
     dices = []
@@ -190,6 +204,35 @@ def test_stage2_can_train_on_stage1_predictions(lits_data, lits_trained, tmp_pat
     assert type(guidance).__name__ == "Stage1Predictiond"
     assert not guidance.network.training
     assert (root / "models" / "cascade" / "last_checkpoint_epoch=1.pt").exists()
+    # one validation case: its guidance equals the one built by hand from the trained stage 1's output
+    case = Compose(wf.parser.get_parsed_content("train#deterministic_transforms"))(
+        wf.parser.get_parsed_content("validate#dataset#data")[0])
+    guide = torch.as_tensor(guidance(case)["guide"])
+    want = _stage1_guidance_by_hand(wf, root / "models" / "cascade_stage1" / "model.pt", case["image"])
+    assert want.any() and torch.equal(guide, want)
+    liver = torch.as_tensor(case["label"])[0] > 0
+    assert 2 * (want[0].bool() & liver).sum() / (want[0].sum() + liver.sum()) > 0.5  # stage 1 finds the liver
+
+
+def _stage1_guidance_by_hand(wf, checkpoint: Path, image: torch.Tensor) -> torch.Tensor:
+    """Stage 1 loaded from ``checkpoint`` on ``image`` down-sampled by ``factor`` (trilinear, not z-scored again
+    for LiTS), zero-padded at the end to its size multiple, argmax, one-hot, up-sampled per class, argmax, the
+    foreground channels."""
+    assert wf.parser.get_parsed_content("renormalize") is False
+    net = wf.parser.get_parsed_content("stage1_def", lazy=False)  # a fresh network, not the transform's
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("model", state))
+    x = torch.as_tensor(image)[None].float()
+    size = [int(s * wf.parser.get_parsed_content("factor")) for s in x.shape[2:]]
+    low = F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+    m = net.multiple[0]
+    pad = [p for s in reversed(size) for p in (0, -s % m)]
+    with torch.no_grad():
+        logits = net.eval()(F.pad(low, pad))[..., : size[0], : size[1], : size[2]]
+    k = logits.shape[1]
+    up = F.interpolate(one_hot(logits.argmax(1, keepdim=True), k, dim=1), size=list(x.shape[2:]), mode="trilinear",
+                       align_corners=True)
+    return one_hot(up.argmax(1, keepdim=True), k, dim=1)[0, 1:]
 
 
 def test_cascade_without_a_trained_stage1_names_the_missing_checkpoint(lits_data, lits_trained, tmp_path):
@@ -219,18 +262,27 @@ def test_brats_slab_and_cascade_configs_run_end_to_end(tmp_path):
     for files in (["train.json", "train_slab.json"], ["train.json", "train_cascade_stage1.json"],
                   ["train.json", "train_cascade_stage2.json"]):
         run_workflow(BRATS, files, "train", root, **data, **tiny, epochs=1, val_interval=1)
-    run_workflow(BRATS, ["train.json", "evaluate.json", "evaluate_cascade.json"], "train", root, **data, **tiny)
-    assert (root / "models" / "cascade" / "postprocessing.json").exists()
+    n_val = sum(e["fold"] == 0 for e in read_json(data["datalist"])["training"])
+    records = {}
+    for model in ("slab", "cascade"):  # each model scored on the validation cases, its strategy recorded
+        run_workflow(BRATS, ["train.json", "evaluate.json", f"evaluate_{model}.json"], "train", root, **data, **tiny)
+        records[model] = assert_strategy_record(root / "eval" / model, root / "models" / model / "postprocessing.json")
+        per_case = (root / "eval" / model / "val_mean_dice_raw.csv").read_text().splitlines()
+        assert per_case[0] == "filename,class0,mean" and len(per_case) == 1 + n_val, per_case  # whole tumour
+        assert {"val_hd95", "val_asd"} <= set(read_metrics(root / "eval" / model)), model  # one epoch: no floor
     out = tmp_path / "pred"
-    run_workflow(BRATS, ["inference.json", "inference_cascade.json"], "infer", root, dataset_dir=data["dataset_dir"],
-                 output_dir=str(out), **tiny)
+    wf = run_workflow(BRATS, ["inference.json", "inference_cascade.json"], "infer", root,
+                      dataset_dir=data["dataset_dir"], output_dir=str(out), **tiny)
+    assert_inference_applies(wf, records["cascade"]["strategy"])
     preds = sorted(p.name for p in out.glob("*.nii.gz"))
     assert preds == [f"BraTS20_Training_{n:03d}_seg.nii.gz" for n in range(1, 6)]
-    t1 = nib.load(Path(data["dataset_dir"]) / "BraTS20_Training_001" / "BraTS20_Training_001_t1.nii")
-    pred = nib.load(out / preds[0])
-    assert pred.shape == t1.shape
-    np.testing.assert_allclose(pred.affine, t1.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    for name in preds:  # every prediction on its own case's grid
+        case = name[: -len("_seg.nii.gz")]
+        t1 = nib.load(Path(data["dataset_dir"]) / case / f"{case}_t1.nii")
+        pred = nib.load(out / name)
+        assert pred.shape == t1.shape, name
+        np.testing.assert_allclose(pred.affine, t1.affine, atol=1e-4, err_msg=name)
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}, name
 
 
 def test_readme_and_model_cards_give_the_cascade_commands():

@@ -13,7 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
+from bundle_helpers import (
+    ROOT,
+    assert_strategy_record,
+    assert_training_refuses,
+    bundle_dir,
+    read_json,
+    run_workflow,
+)
 from monai.bundle import ConfigParser
 
 from common.data.datalists import assign_folds, save_datalist
@@ -172,8 +179,7 @@ def test_evaluate_scores_every_strategy_and_records_the_best(data, configs, trai
     assert "volume-" in per_case[1]
     stats = (root / "eval" / "val_hd95_summary.csv").read_text()
     assert "mean" in stats and "median" in stats and "std" in stats
-    record = read_json(root / "models" / "postprocessing.json")
-    assert record["strategy"] == max(record["mean_dice"], key=record["mean_dice"].get)
+    assert_strategy_record(root / "eval", root / "models" / "postprocessing.json")  # scores = metrics.csv
 
 
 def test_inference_writes_liver_masks_on_the_input_grid(data, configs, trained, tmp_path):

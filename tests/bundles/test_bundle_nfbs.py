@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,14 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
+from bundle_helpers import (
+    ROOT,
+    assert_strategy_record,
+    assert_training_refuses,
+    bundle_dir,
+    read_json,
+    run_workflow,
+)
 
 from common.datasets.nfbs import build_datalist as nfbs
 from common.datasets.nfbs import write_lookalike as write_nfbs
@@ -56,8 +64,7 @@ def test_evaluate_scores_every_strategy_and_records_the_best(data, trained):
     assert per_case[0].startswith("filename") and len(per_case) == 1 + 2  # fold 0 holds 2 of the 8 cases
     stats = (root / "eval" / "val_hd95_summary.csv").read_text()
     assert "mean" in stats and "median" in stats and "std" in stats
-    record = read_json(root / "models" / "postprocessing.json")
-    assert record["strategy"] == max(record["mean_dice"], key=record["mean_dice"].get)
+    assert_strategy_record(root / "eval", root / "models" / "postprocessing.json")  # scores = metrics.csv
 
 
 def test_inference_writes_masks_on_the_input_grid(data, trained, tmp_path):
@@ -149,6 +156,8 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the validation ran under torchrun too: its Dice is in the epoch's log line
+    assert re.search(r"Epoch\[1\] Metrics -- .*val_mean_dice: \d", proc.stdout + proc.stderr), proc.stderr[-3000:]
     assert "backend" not in proc.stderr or "nccl" not in proc.stderr
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()

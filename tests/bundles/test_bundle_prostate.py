@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,5 +230,7 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the validation ran under torchrun too: its Dice is in the epoch's log line
+    assert re.search(r"Epoch\[1\] Metrics -- .*val_mean_dice: \d", proc.stdout + proc.stderr), proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()

@@ -169,14 +169,23 @@ def test_rand_slab_shapes_padding_and_foreground() -> None:
 
 
 def test_rand_slab_foreground_ratio() -> None:
-    def foreground_share(pos: float, neg: float) -> float:
-        sampler = RandSlabd(["image", "label"], "label", slab_size=16, pos=pos, neg=neg, num_samples=40, multiple=1)
-        sampler.set_random_state(1)
-        return sum(bool(s["label"].sum() > 0) for s in sampler(_labelled_volume())) / 40
+    """A share ``pos / (pos + neg)`` of the slabs is centred on foreground; a slab centred on background still
+    holds foreground when that centre, moved so the slab fits (planes 8-32 of 40), lies within 8 planes."""
+    volume = _labelled_volume()  # foreground on planes 30-33 of 40 along the slab axis
+    background = volume["label"][0] == 0
+    centre = torch.arange(40).clamp(8, 32)  # MONAI's crop-centre correction for a 16-plane slab
+    reaches = (centre + 8 > 30) & (centre - 8 <= 33)  # the slab [c - 8, c + 8) overlaps planes 30-33
+    q = float(background[..., reaches].sum() / background.sum())
+    assert q == pytest.approx(0.42, abs=0.01)
 
-    mostly, rarely = foreground_share(3, 1), foreground_share(0, 1)
-    assert mostly >= 0.75
-    assert rarely < mostly
+    def foreground_share(pos: float, neg: float, n: int = 400) -> float:
+        sampler = RandSlabd(["image", "label"], "label", slab_size=16, pos=pos, neg=neg, num_samples=n, multiple=1)
+        sampler.set_random_state(1)
+        return sum(bool(s["label"].sum() > 0) for s in sampler(volume)) / n
+
+    for pos, neg in [(3, 1), (0, 1)]:  # 400 slabs: one standard deviation is at most 0.025
+        expected = (pos + neg * q) / (pos + neg)
+        assert foreground_share(pos, neg) == pytest.approx(expected, abs=0.06), (pos, neg, expected)
 
 
 # ---------------------------------------------------------------- cascade: down-sampling and guidance
@@ -228,14 +237,39 @@ def test_stage2_input_channels_from_down_up_sampled_ground_truth(hard: bool) -> 
     torch.testing.assert_close(torch.as_tensor(label_guidance(label[None], 3, 0.5, hard)[0]), torch.as_tensor(guide))
 
 
-def test_stage1_prediction_guidance(tmp_path: Path) -> None:
-    trained = tiny_unet(2, 3)
+def _pointwise_stage1() -> nn.Module:
+    """Stage-1 stand-in with a known output: class 1 where channel 0 is the larger and above 1, class 2 where
+    channel 1 is (logits ``1, x0, x1``)."""
+    net = nn.Conv3d(2, 3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).view(3, 2, 1, 1, 1))
+        net.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    return net
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_stage1_prediction_guidance(tmp_path: Path, renormalize: bool) -> None:
+    trained = _pointwise_stage1()
     torch.save({"model": trained.state_dict()}, tmp_path / "stage1.pt")
-    net = load_weights(tiny_unet(2, 3).train(), str(tmp_path / "stage1.pt"))
-    assert not net.training and torch.equal(net.head.weight, trained.head.weight)
-    d = Stage1Predictiond("image", net, factor=0.5)({"image": torch.randn(2, 30, 28, 37)})
-    assert d["guide"].shape == (2, 30, 28, 37)
-    assert set(d["guide"].unique().tolist()) <= {0.0, 1.0} and d["guide"].sum(0).max() <= 1
+    net = load_weights(nn.Conv3d(2, 3, 1).train(), str(tmp_path / "stage1.pt"))
+    assert not net.training and torch.equal(net.weight, trained.weight)
+    image = 0.3 * torch.randn(2, 32, 32, 40, generator=torch.Generator().manual_seed(0))
+    image[0] += 2 * blob((32, 32, 40), (10, 12, 14), 7)[0]
+    image[1] += 2 * blob((32, 32, 40), (22, 20, 27), 6)[0]
+    d = Stage1Predictiond("image", net, factor=0.5, renormalize=renormalize)({"image": image})
+    # the same guidance built by hand from stage 1's output: trilinear down-sampling (z-scored again per
+    # channel), stage 1, argmax on its grid, one-hot, each class up-sampled trilinearly, argmax, foreground
+    low = F.interpolate(image[None], size=(16, 16, 20), mode="trilinear", align_corners=True)
+    if renormalize:
+        low = (low - low.mean((2, 3, 4), keepdim=True)) / low.std((2, 3, 4), keepdim=True, unbiased=False)
+    with torch.no_grad():
+        classes = trained(low).argmax(1, keepdim=True)
+    up = F.interpolate(one_hot(classes, 3, dim=1), size=(32, 32, 40), mode="trilinear", align_corners=True)
+    want = one_hot(up.argmax(1, keepdim=True), 3, dim=1)[0, 1:]
+    assert 0 < want[0].sum() < want[0].numel() and 0 < want[1].sum() < want[1].numel()  # both classes, not all
+    assert d["guide"].shape == (2, 32, 32, 40) and d["guide"].dtype == torch.float32
+    assert torch.equal(d["guide"], want)
+    assert dice(d["guide"][0], image[0] > 1) > 0.8 and dice(d["guide"][1], image[1] > 1) > 0.8
 
 
 # ---------------------------------------------------------------- cascade inference
