@@ -18,7 +18,9 @@ REQUIRED = ["configs/metadata.json", "configs/train.json", "configs/evaluate.jso
 
 
 def test_the_collection_has_its_bundles():
-    assert "nfbs_brain_mri_segmentation" in BUNDLES
+    """All five, so that no bundle drops out of the parametrized convention tests unnoticed."""
+    assert BUNDLES == ["brats_tumor_mri_segmentation", "covidx_cxr_classification", "lits_liver_ct_segmentation",
+                       "nfbs_brain_mri_segmentation", "prostate_mri_segmentation"]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -98,6 +98,10 @@ def test_lookalike_case_independent_of_others(lookalike: str, tmp_path) -> None:
     alone = np.asarray(load(os.path.join(root, mask)).dataobj)
     np.testing.assert_array_equal(alone, np.asarray(load(os.path.join(lookalike, mask)).dataobj))
     assert (alone == 4).any()
+    for m in ("flair", "t1", "t1ce", "t2"):  # the four images too, voxel for voxel
+        image = os.path.join("BraTS20_Training_355", f"BraTS20_Training_355_{m}.nii")
+        np.testing.assert_array_equal(np.asarray(load(os.path.join(root, image)).dataobj),
+                                      np.asarray(load(os.path.join(lookalike, image)).dataobj), err_msg=m)
 
 
 def test_lookalike_default_numbering_and_bad_ids(tmp_path) -> None:
