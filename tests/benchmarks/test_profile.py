@@ -1,4 +1,4 @@
-"""Tests of ``python -m common.benchmarks.profile`` and the CPU speed options of ``common.training.cpu``.
+"""Tests of ``pocket profile`` and the CPU speed options of ``common.training.cpu``.
 
 No wall-clock assertions: timings on a shared CI machine say nothing; only shapes, counts and outputs.
 """
