@@ -116,7 +116,8 @@ def run_variant(
             f.unlink()
     common = {"bundle_root": str(root), "dataset_dir": dataset_dir, "datalist": datalist, "fold": fold,
               "input_size": input_size, "head": head, "num_workers": 0, "seed": seed,
-              "image_size": train["image_size"], "features": train["features"]}
+              "image_size": train["image_size"], "features": train["features"],
+              "cpu_threads": train.get("threads", "auto")}  # the bundle would otherwise pick its own
     t0 = time.perf_counter()
     wf = _workflow(["train.json"], "train", verbose, **common, epochs=train["epochs"], val_interval=train["epochs"],
                    batch_size=train["batch_size"], num_samples=train["num_samples"],
@@ -227,6 +228,7 @@ def run(
                                         else [budget["folds"]])]
     if threads:
         torch.set_num_threads(int(threads))
+        budget["threads"] = int(threads)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_dir, datalist = make_data(out_dir, budget["cases"], seed, budget["data_size"])

@@ -234,3 +234,20 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
     assert re.search(r"Epoch\[1\] Metrics -- .*val_mean_dice: \d", proc.stdout + proc.stderr), proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()
+
+
+def test_experiment_threads_reach_the_bundle(tmp_path, monkeypatch):
+    """``--threads N`` holds for the trainings too: the bundle's ``cpu_threads`` ("auto") would pick its own."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def first_workflow(configs, workflow_type, verbose, **override):
+        seen.update(override)
+        raise Stop
+
+    monkeypatch.setattr(lowres_experiment, "_workflow", first_workflow)
+    with pytest.raises(Stop):
+        lowres_experiment.run(str(tmp_path), tiny=True, threads=1)
+    assert seen["cpu_threads"] == 1
