@@ -1,0 +1,56 @@
+"""Peak memory per input voxel of an engine, measured on two input sizes (the slope leaves out fixed costs)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psutil
+import torch
+
+__all__ = ["bytes_per_voxel", "peak_rss_during"]
+
+
+def peak_rss_during(fn: Callable[[], Any], interval: float = 0.002) -> tuple[int, Any]:
+    """Run ``fn`` and return (the process's peak resident memory while it ran, in bytes; ``fn``'s result).
+
+    A thread samples the RSS every ``interval`` seconds, so memory allocated by native runtimes (OpenVINO,
+    ONNX Runtime, oneDNN) counts as well as torch's.
+    """
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0], proc.memory_info().rss), result
+
+
+def bytes_per_voxel(network: Callable[[torch.Tensor], Any], in_channels: int, sides: Sequence[int]) -> float:
+    """Peak bytes per input voxel of ``network`` (no gradients): the slope of peak RSS between two cube sizes.
+
+    The smaller cube runs first, so memory a runtime keeps between calls is already counted there and the slope
+    is what a larger input adds; fixed costs (weights, compiled kernels, the interpreter) drop out.
+    """
+    sides = sorted(sides[:2])
+    peaks = []
+    with torch.no_grad():
+        for side in sides:
+            x = torch.randn(1, in_channels, side, side, side)
+            peak, _ = peak_rss_during(lambda x=x: network(x))
+            peaks.append(peak)
+    voxels = [s**3 for s in sides]
+    slope = (peaks[1] - peaks[0]) / (voxels[1] - voxels[0])
+    return slope if slope > 0 else peaks[1] / voxels[1]
