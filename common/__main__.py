@@ -24,6 +24,7 @@ from common.data.fingerprint import fingerprint
 from common.datasets import build_datalist, write_lookalike
 from common.datasets.brats import stack
 from common.demo import demo
+from common.engines.choose import engines
 from common.experiments import cascade as cascade_experiment
 from common.experiments import lowres as lowres_experiment
 
@@ -74,6 +75,7 @@ COMMANDS: dict[str, Any] = {
     "memory": command(memory),
     "complexity": command(complexity),
     "cpu_options": command(cpu_options),
+    "engines": command(engines),
     "experiment": Group(
         "The papers' comparisons on look-alike data: cascade (whole vs slab-wise vs cascade), lowres (up-scaling "
         "head vs plain network).",

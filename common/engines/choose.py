@@ -91,7 +91,9 @@ def engines(
 
     Args:
         bundle: bundle folder or name (e.g. ``nfbs_brain_mri_segmentation``).
-        dataset_dir, datalist, fold: the data the model was trained on (as given to training).
+        dataset_dir: the dataset the model was trained on (as given to training).
+        datalist: its data list (default: the bundle's).
+        fold: the fold trained on (its training cases calibrate, its validation cases score).
         variant: ``""`` (the bundle's network) or ``"slab"`` (the slab-wise model in ``models/slab``).
         bundle_root: where ``models/`` is (default: the bundle folder).
         calibration_cases: training-fold cases the INT8 calibration inputs are drawn from.
@@ -123,6 +125,7 @@ def engines(
     evaluator.network = recorder
     evaluator.run()
     samples = recorder.samples
+    calibration_cases = len(evaluator.data_loader.dataset)
     input_shape = list(samples[0].shape)
     output_dims = next(iter(recorder._outputs.values())).dim()
     multiple = getattr(torch_net, "multiple", None)
