@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +13,19 @@ import psutil
 import torch
 
 __all__ = ["bytes_per_voxel", "peak_rss_during"]
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+def release_free_memory() -> None:
+    """Give the memory freed earlier in the process back to the system (glibc ``malloc_trim``; elsewhere a no-op).
+
+    Without it an allocation can reuse what glibc kept from earlier work (a calibration pass, the exports) and
+    the RSS does not grow: the measured slope then comes out too small, or zero.
+    """
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def peak_rss_during(fn: Callable[[], Any], interval: float = 0.002) -> tuple[int, Any]:
@@ -49,6 +64,7 @@ def bytes_per_voxel(network: Callable[[torch.Tensor], Any], in_channels: int, si
     with torch.no_grad():
         for side in sides:
             x = torch.randn(1, in_channels, side, side, side)
+            release_free_memory()
             peak, _ = peak_rss_during(lambda x=x: network(x))
             peaks.append(peak)
     voxels = [s**3 for s in sides]
