@@ -17,6 +17,7 @@ import fire
 
 from common.benchmarks.complexity import complexity
 from common.benchmarks.cpu_options import cpu_options
+from common.benchmarks.engines import engine_benchmark
 from common.benchmarks.memory import memory
 from common.benchmarks.profile import profile
 from common.data.datacheck import DataCheckError, datacheck
@@ -76,6 +77,7 @@ COMMANDS: dict[str, Any] = {
     "complexity": command(complexity),
     "cpu_options": command(cpu_options),
     "engines": command(engines),
+    "engine_benchmark": command(engine_benchmark),
     "experiment": Group(
         "The papers' comparisons on look-alike data: cascade (whole vs slab-wise vs cascade), lowres (up-scaling "
         "head vs plain network).",
@@ -87,6 +89,10 @@ COMMANDS: dict[str, Any] = {
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m common`` and of the ``pocket`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv and ("--help" in argv or "-h" in argv):
+        # fire would hand --help to a command's **override as a config key; after "--" it is fire's own flag
+        argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
     fire.Fire(COMMANDS, command=argv, name="pocket")
 
 
