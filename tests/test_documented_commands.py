@@ -45,6 +45,8 @@ HELP_ONLY = {
     "memory": "tests/inference/test_slabs_cascade.py runs a tiny memory benchmark",
     "cpu_options": "tests/training/test_cpu_options.py runs the A/B on a 2D bundle",
     "experiment": "tests/bundles/test_bundle_cascade.py and test_bundle_prostate.py run both experiments small",
+    "engines": "tests/bundles/test_bundle_*.py run it on each bundle's trained model",
+    "engine_benchmark": "tests/benchmarks/test_engine_benchmark.py runs it --quick",
 }
 #: Shell lines that are not ours to run here (package managers, the MONAI Label server, shell plumbing).
 NOT_OURS = ("pip", "monailabel", "ln", "export", "tox", "git", "tensorboard", "mlflow", "cp", "python3.11",
@@ -379,11 +381,12 @@ def _run_monai(argv: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["monai.bundle", *argv])
-    fire.Fire({n: getattr(scripts, n) for n in ("ckpt_export", "verify_metadata", "verify_net_in_out")},
+    fire.Fire({n: getattr(scripts, n) for n in ("ckpt_export", "onnx_export", "verify_metadata", "verify_net_in_out")},
               command=argv)
 
 
-CHECKS = [c for c in MONAI if _monai_argv(c)[0] in ("verify_metadata", "verify_net_in_out", "ckpt_export")]
+EXPORTS = ("ckpt_export", "onnx_export")
+CHECKS = [c for c in MONAI if _monai_argv(c)[0] in ("verify_metadata", "verify_net_in_out", *EXPORTS)]
 
 
 @pytest.mark.parametrize("cmd", CHECKS, ids=_ids(CHECKS))
@@ -399,16 +402,30 @@ def test_verify_and_export_commands_run(cmd: Command, tmp_path: Path, monkeypatc
                     ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     argv = _monai_argv(cmd)
     positional, flags = _flags(argv)
-    if positional[0] == "ckpt_export":  # weights made from network_def, as model-zoo CI does
+    if positional[0] in EXPORTS:  # weights made from network_def, as model-zoo CI does
         parser = ConfigParser()
         parser.read_config([str(p) for p in _config_files(flags, sandbox, cmd.where)])
+        parser.update({k: _parse_value(v) for k, v in flags.items() if k in parser})
+        network = parser.get_parsed_content(positional[1]).eval()
         ckpt = sandbox / flags["ckpt_file"]
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(parser.get_parsed_content(positional[1]).state_dict(), ckpt)
+        torch.save(network.state_dict(), ckpt)
     _run_monai(argv, sandbox, monkeypatch)
     if positional[0] == "ckpt_export":
         exported = torch.jit.load(str(sandbox / flags["filepath"]))
         assert sum(p.numel() for p in exported.parameters()) > 0
+    if positional[0] == "onnx_export":  # runs in ONNX Runtime on another batch size and shape, as torch does
+        import onnxruntime
+
+        shape = list(_parse_value(flags["input_shape"]))
+        shape[0] = 2
+        shape[2:] = [s * 2 if i == 0 else s for i, s in enumerate(shape[2:])]
+        x = torch.randn(*shape)
+        session = onnxruntime.InferenceSession(str(sandbox / flags["filepath"]), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            want = network(x).numpy()
+        assert got.shape == want.shape and abs(got - want).max() < 1e-3, f"{cmd.where}: ONNX output differs"
 
 
 # ----------------------------------------------------------------------------------------- option lines
