@@ -13,8 +13,10 @@ says why.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,23 @@ class OnnxRuntimeNetwork(EngineNetwork):
         return self.session.run(None, {self.input_name: x})[0]
 
 
+_collecting_before_fork = False
+
+
+def _collect_before_fork() -> None:
+    """Collect garbage before this process forks (DataLoader workers), from the first OpenVINO model on.
+
+    A forked child inherits the compiled OpenVINO models but not the CPU plugin's threads: when its garbage
+    collector frees one the parent had dropped (a finished workflow's network stays in reference cycles until
+    collected), the child waits on those threads for ever or aborts ("DataLoader worker exited unexpectedly").
+    Collecting in the parent first leaves no such model to the child.
+    """
+    global _collecting_before_fork
+    if not _collecting_before_fork and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=gc.collect)
+        _collecting_before_fork = True
+
+
 class OpenVINONetwork(EngineNetwork):
     """An OpenVINO IR (fp32, or INT8 from NNCF) compiled for the CPU with the latency hint.
 
@@ -103,6 +122,7 @@ class OpenVINONetwork(EngineNetwork):
         super().__init__(path, num_threads, **kwargs)
         import openvino
 
+        _collect_before_fork()
         self.engine = "openvino_int8" if int8 else "openvino"
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.num_threads}
         if not int8:
