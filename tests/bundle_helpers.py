@@ -128,3 +128,103 @@ def assert_training_refuses(
     assert (models / "model.pt").read_bytes() == b"weights of an earlier run"
     assert sorted(os.listdir(models)) == ["model.pt"]
     return sentence
+
+
+# ------------------------------------------------------------------------------------------------- engines
+# ``pocket engines`` on the tests' tiny models: one thread, a small calibration set.
+ENGINE_SETTINGS = {"cpu_threads": 1, "calibration_cases": 4, "calibration_samples": 16}
+ENGINE_LOGGER = "common.engines.runtime"
+
+
+def run_engines(bundle: str, data: dict, trained_root: Path, root: Path, **override) -> dict:
+    """``pocket engines`` on a copy of a trained root's ``models/`` in ``root`` (the trained root itself stays
+    without engine.json: its ``engine: "auto"`` inferences keep running with torch). ``bundle`` may be a bundle
+    folder (a copy of the configs). Returns the root, the command's table and the record it wrote."""
+    import shutil
+
+    from common.engines.choose import engines
+
+    root = Path(root)
+    shutil.copytree(Path(trained_root) / "models", root / "models")
+    table = engines(bundle, data["dataset_dir"], data["datalist"], bundle_root=str(root),
+                    **{**ENGINE_SETTINGS, **override})
+    return {"root": root, "table": table, "record": read_json(root / "models" / "engine.json")}
+
+
+def assert_engine_record(exported: dict, calibration_cases: int = ENGINE_SETTINGS["calibration_cases"]) -> dict:
+    """The record ``pocket engines`` wrote: made from this model.pt, every export it lists exists, every engine
+    scored, the chosen one is the fastest within the tolerance of torch, the INT8 IR runs int8 convolutions and
+    the calibration used the asked number of training cases. Returns the record."""
+    from common.engines.quantize import quantized_operations
+    from common.engines.record import ENGINES, EXPORT_FILES, file_sha256
+
+    models, record = Path(exported["root"]) / "models", exported["record"]
+    assert record["model_sha256"] == file_sha256(models / "model.pt")
+    assert record["exports"] == EXPORT_FILES, record["exports"]  # openvino and nncf are installed here
+    for engine, name in record["exports"].items():
+        assert (models / name).is_file(), engine
+        if name.endswith(".xml"):
+            assert (models / name).with_suffix(".bin").is_file(), engine  # the IR's weights
+    scores = record["scores"]
+    assert list(scores) == list(ENGINES), scores
+    assert all(0.0 <= s["metric"] <= 1.0 and s["seconds_per_case"] > 0 for s in scores.values()), scores
+    floor = scores["torch"]["metric"] - record["tolerance"]
+    good = [e for e in ENGINES if scores[e]["metric"] >= floor]
+    assert record["chosen"] == min(good, key=lambda e: scores[e]["seconds_per_case"]), scores
+    assert f"inference with engine 'auto' uses {record['chosen']}" in exported["table"]
+    counts = quantized_operations(models / EXPORT_FILES["openvino_int8"])
+    assert counts["int8"] > 0, counts
+    assert record["int8_convolutions"] == counts
+    calibration = record["calibration"]
+    assert calibration["cases"] == calibration_cases, calibration
+    assert calibration["samples"] == min(ENGINE_SETTINGS["calibration_samples"], calibration["inputs_seen"]) > 0
+    return record
+
+
+def engine_used(wf: ConfigWorkflow) -> str:
+    """The engine an inference workflow's evaluator ran its network with."""
+    return getattr(wf.parser.get_parsed_content("evaluator").network, "engine", "torch")
+
+
+class engine_log:
+    """Context manager: the records of ``common.engines.runtime`` (INFO and up) go to pytest's ``caplog``.
+
+    The bundles' ``logging.conf`` (applied by each workflow) replaces the root logger's handlers, caplog's
+    among them, so the handler is attached to the engines' logger itself."""
+
+    def __init__(self, caplog) -> None:
+        import logging
+
+        self.handler, self.logger = caplog.handler, logging.getLogger(ENGINE_LOGGER)
+
+    def __enter__(self) -> list:
+        self.level = self.logger.level
+        self.logger.setLevel("INFO")
+        self.logger.addHandler(self.handler)
+        return self.handler.records
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def change_checkpoint(ckpt: str | os.PathLike, delta: float = 0.01) -> str:
+    """Add ``delta`` to the first floating-point weight of ``ckpt`` (a retrained model), saved in the same
+    format (a bare state dict or ``{"model": state_dict, ...}``). Returns the changed tensor's name."""
+    import torch
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = saved["model"] if isinstance(saved.get("model"), dict) else saved
+    name = next(k for k, v in state.items() if k.endswith("weight") and v.is_floating_point())
+    state[name] = state[name] + delta
+    torch.save(saved, ckpt)
+    return name
+
+
+def agreement(a, b) -> float:
+    """Share of voxels where two label maps are equal (same shape required)."""
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.mean(a == b))

@@ -1,4 +1,5 @@
-"""NFBS skull-stripping bundle end to end on look-alike data: learns, evaluates, infers, resumes, refuses bad input."""
+"""NFBS skull-stripping bundle end to end on look-alike data: learns, evaluates, infers, resumes, refuses bad input,
+exports the CPU engines and infers with each."""
 
 from __future__ import annotations
 
@@ -13,15 +14,23 @@ import numpy as np
 import pytest
 from bundle_helpers import (
     ROOT,
+    agreement,
+    assert_engine_record,
     assert_strategy_record,
     assert_training_refuses,
     bundle_dir,
+    change_checkpoint,
+    engine_log,
+    engine_used,
     read_json,
+    run_engines,
     run_workflow,
 )
+from torch import nn
 
 from common.datasets.nfbs import build_datalist as nfbs
 from common.datasets.nfbs import write_lookalike as write_nfbs
+from common.engines import ENGINES, load_engine
 
 BUNDLE = "nfbs_brain_mri_segmentation"
 TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "init_filters": 16, "cache_rate": 1.0}
@@ -161,3 +170,83 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
     assert "backend" not in proc.stderr or "nccl" not in proc.stderr
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------- engines
+INFER = {"patch_size": TINY["patch_size"], "init_filters": TINY["init_filters"]}
+
+
+@pytest.fixture(scope="module")
+def exported(data, trained, tmp_path_factory):
+    """pocket engines on a copy of the trained model (the trained root keeps inferring with torch)."""
+    return run_engines(BUNDLE, data, trained["root"], tmp_path_factory.mktemp("nfbs_engines"), **TINY)
+
+
+def _infer(root, dataset_dir, out, engine):
+    wf = run_workflow(BUNDLE, ["inference.json"], "infer", root, dataset_dir=str(dataset_dir), output_dir=str(out),
+                      engine=engine, **INFER)
+    return wf, {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+
+
+@pytest.fixture(scope="module")
+def engine_predictions(data, exported, tmp_path_factory):
+    """Inference over the 8 look-alike cases with each engine: label maps by engine and file name."""
+    out, preds = tmp_path_factory.mktemp("nfbs_engine_pred"), {}
+    for engine in ENGINES:
+        wf, preds[engine] = _infer(exported["root"], data["dataset_dir"], out / engine, engine)
+        assert engine_used(wf) == engine  # the export ran, not the torch fallback
+    return {"dir": out, "preds": preds}
+
+
+def test_engines_command_records_the_fastest_good_engine(exported):
+    record = assert_engine_record(exported)
+    assert record["metric"] == "val_mean_dice" and record["cases_scored"] == 2  # fold 0's validation cases
+    assert record["scores"]["torch"]["metric"] >= 0.8
+    assert record["multiple"] == [8, 8, 8] and set(record["bytes_per_voxel"]) == set(ENGINES)
+    auto = load_engine(nn.Identity(), exported["root"] / "models", "auto", 1)
+    assert getattr(auto, "engine", "torch") == record["chosen"]  # inference's engine "auto" reads the record
+
+
+def test_inference_with_each_engine_writes_masks_on_the_input_grid_and_agrees_with_torch(data, engine_predictions):
+    preds = engine_predictions["preds"]
+    names = sorted(preds["torch"])
+    assert len(names) == 8
+    dice = {}
+    for engine in ENGINES:
+        assert sorted(preds[engine]) == names, engine  # one mask per input image
+        dice[engine] = []
+        for name in names:
+            subject = name.split("_")[0][4:]
+            image = nib.load(os.path.join(data["dataset_dir"], subject, f"sub-{subject}_ses-NFB3_T1w.nii.gz"))
+            pred = nib.load(engine_predictions["dir"] / engine / name)
+            assert pred.shape == image.shape, (engine, name)
+            np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+            mask = nib.load(os.path.join(data["dataset_dir"], subject,
+                                         f"sub-{subject}_ses-NFB3_T1w_brainmask.nii.gz"))
+            p, m = preds[engine][name] > 0, np.asarray(mask.dataobj) > 0
+            dice[engine].append(2 * (p & m).sum() / (p.sum() + m.sum()))
+    for engine in ("onnxruntime", "openvino"):
+        for name in names:
+            assert agreement(preds[engine][name], preds["torch"][name]) >= 0.999, (engine, name)
+    assert np.mean(dice["torch"]) >= 0.8, dice
+    for fp32 in ("onnxruntime", "openvino"):  # INT8 learns as much as fp32 does, per engine
+        assert abs(np.mean(dice["openvino_int8"]) - np.mean(dice[fp32])) <= 0.01, dice
+
+
+def test_export_older_than_the_checkpoint_is_not_used(data, exported, tmp_path, caplog):
+    """A retrained model.pt: inference with engine openvino says the export is older and runs with torch."""
+    root, inputs = tmp_path / "bundle", tmp_path / "in"
+    shutil.copytree(exported["root"] / "models", root / "models")
+    for subject in sorted(os.listdir(data["dataset_dir"]))[:2]:
+        shutil.copytree(os.path.join(data["dataset_dir"], subject), inputs / subject)
+    change_checkpoint(root / "models" / "model.pt")
+    with engine_log(caplog) as records:
+        wf, stale = _infer(root, inputs, tmp_path / "openvino", "openvino")
+    assert engine_used(wf) == "torch"
+    [line] = [r.getMessage() for r in records if "not used" in r.getMessage()]
+    assert line.startswith("engine openvino not used: ") and "older" in line, line
+    assert line.endswith("the network runs with torch."), line
+    _, torch_run = _infer(root, inputs, tmp_path / "torch", "torch")
+    assert len(stale) == 2 and sorted(stale) == sorted(torch_run)
+    for name in stale:
+        np.testing.assert_array_equal(stale[name], torch_run[name])
