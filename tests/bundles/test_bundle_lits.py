@@ -1,4 +1,5 @@
-"""LiTS liver bundle end to end on look-alike CT: fingerprint, learning, evaluation, inference, bad input."""
+"""LiTS liver bundle end to end on look-alike CT: fingerprint, learning, evaluation, inference, bad input, CPU
+engines."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ import pytest
 import torch
 from bundle_helpers import (
     ROOT,
+    agreement,
+    assert_engine_record,
     assert_strategy_record,
     assert_training_refuses,
     bundle_dir,
+    engine_used,
     read_json,
+    run_engines,
     run_workflow,
 )
 from monai.bundle import ConfigParser
@@ -26,6 +31,7 @@ from monai.bundle import ConfigParser
 from common.data.datalists import assign_folds, save_datalist
 from common.data.fingerprint import compute
 from common.datasets.lits import write_lookalike as write_lits
+from common.engines import ENGINES
 
 BUNDLE = "lits_liver_ct_segmentation"
 CASES = 8
@@ -204,6 +210,45 @@ def test_inference_writes_liver_masks_on_the_input_grid(data, configs, trained, 
         p = values > 0
         dices.append(2 * (p & truth).sum() / (p.sum() + truth.sum()))
     assert np.mean(dices) >= 0.8
+
+
+# ------------------------------------------------------------------------------------------------- engines
+@pytest.fixture(scope="module")
+def exported(data, configs, trained, tmp_path_factory) -> dict:
+    """pocket engines (with the fingerprinted configs) on a copy of the trained model; the trained root keeps
+    inferring with torch."""
+    return run_engines(str(configs.parent), data, trained["root"], tmp_path_factory.mktemp("lits_engines"), **TINY)
+
+
+def test_engines_command_records_the_fastest_good_engine(exported):
+    record = assert_engine_record(exported)
+    assert record["metric"] == "val_mean_dice" and record["cases_scored"] == 2  # fold 0's validation cases
+    assert record["scores"]["torch"]["metric"] >= 0.8
+    assert set(record["bytes_per_voxel"]) == set(ENGINES)
+
+
+def test_inference_with_each_engine_writes_masks_on_the_input_grid_and_agrees_with_torch(data, configs, exported,
+                                                                                         tmp_path):
+    preds = {}
+    for engine in ENGINES:
+        out = tmp_path / engine
+        wf = run_workflow(BUNDLE, ["inference.json"], "infer", exported["root"], configs_dir=configs,
+                          dataset_dir=data["dataset_dir"], output_dir=str(out), patch_size=[32, 32, 32],
+                          init_filters=16, engine=engine)
+        assert engine_used(wf) == engine  # the export ran, not the torch fallback
+        names = sorted(p.name for p in out.glob("*_seg.nii.gz"))
+        assert names == sorted(f"volume-{n}_seg.nii.gz" for n in range(CASES)), engine  # one per volume
+        preds[engine] = {}
+        for name in names:
+            image = nib.load(Path(data["dataset_dir"]) / name.replace("_seg.nii.gz", ".nii"))
+            pred = nib.load(out / name)
+            assert pred.shape == image.shape, (engine, name)
+            np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+            preds[engine][name] = np.asarray(pred.dataobj)
+    for engine in ("onnxruntime", "openvino"):
+        for name, torch_map in preds["torch"].items():
+            assert agreement(preds[engine][name], torch_map) >= 0.999, (engine, name)
+    assert any(m.any() for m in preds["openvino_int8"].values())  # INT8 finds the liver too
 
 
 # --------------------------------------------------------------------------------------- bad input
