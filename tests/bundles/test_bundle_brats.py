@@ -1,5 +1,5 @@
 """BraTS tumour bundle end to end on look-alike data: learns, evaluates, infers, trains the TC/WT/ET regions
-variant, reads case 355's odd mask name, refuses bad input before touching the model."""
+variant, reads case 355's odd mask name, refuses bad input before touching the model, runs the CPU engines."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ import pytest
 import torch
 from bundle_helpers import (
     ROOT,
+    agreement,
+    assert_engine_record,
     assert_inference_applies,
     assert_strategy_record,
     assert_training_refuses,
     bundle_dir,
+    engine_used,
     read_json,
     read_per_case,
+    run_engines,
     run_workflow,
 )
 from monai.bundle import ConfigParser
@@ -27,6 +31,7 @@ from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 from common.data.datalists import save_datalist
 from common.datasets.brats import find_cases, regions_to_labels, stack_cases
 from common.datasets.brats import write_lookalike as write_brats
+from common.engines import ENGINES
 
 BUNDLE = "brats_tumor_mri_segmentation"
 # Case numbers of the committed list: fold 0 holds 4 and 7 (validation), the other 7 train, 355 among them.
@@ -227,3 +232,40 @@ def test_bad_input_is_refused_before_training(data, tmp_path, how, words):
         json.dump(datalist, f)
     assert_training_refuses(BUNDLE, tmp_path / "bundle", bad_file, words,
                             dataset_dir=str(ds), datalist=datalist_file, **TINY)
+
+
+@pytest.fixture(scope="module")
+def exported(data, trained, tmp_path_factory):
+    """pocket engines on a copy of the trained model (the trained root keeps inferring with torch)."""
+    return run_engines(BUNDLE, data, trained["root"], tmp_path_factory.mktemp("brats_engines"), **TINY)
+
+
+def test_engines_command_records_the_fastest_good_engine(exported):
+    record = assert_engine_record(exported)
+    assert record["metric"] == "val_mean_dice" and record["cases_scored"] == 2  # cases 4 and 7
+    assert record["input_shape"][:2] == [1, 4]  # the four modalities
+    assert record["scores"]["torch"]["metric"] >= 0.8
+
+
+def test_inference_with_each_engine_writes_masks_on_the_input_grid_and_agrees_with_torch(data, exported, tmp_path):
+    preds = {}
+    for engine in ENGINES:
+        out = tmp_path / engine
+        wf = run_workflow(BUNDLE, ["inference.json"], "infer", exported["root"], dataset_dir=data["dataset_dir"],
+                          output_dir=str(out), patch_size=TINY["patch_size"], init_filters=TINY["init_filters"],
+                          engine=engine)
+        assert engine_used(wf) == engine  # the export ran, not the torch fallback
+        files = sorted(out.glob("*.nii.gz"))
+        assert [p.name for p in files] == [f"BraTS20_Training_{n:03d}_seg.nii.gz" for n in IDS], engine
+        preds[engine] = {}
+        for pred_file in files:
+            case = pred_file.name[: -len("_seg.nii.gz")]
+            t1 = nib.load(os.path.join(data["dataset_dir"], case, f"{case}_t1.nii"))
+            pred = nib.load(pred_file)
+            assert pred.shape == t1.shape, (engine, case)
+            np.testing.assert_allclose(pred.affine, t1.affine, atol=1e-4)
+            preds[engine][case] = np.asarray(pred.dataobj)
+    for engine in ("onnxruntime", "openvino"):
+        for case, torch_map in preds["torch"].items():
+            assert agreement(preds[engine][case], torch_map) >= 0.999, (engine, case)
+    assert any(m.any() for m in preds["openvino_int8"].values())  # INT8 finds tumours too
