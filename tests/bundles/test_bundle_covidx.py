@@ -1,5 +1,5 @@
 """COVIDx chest X-ray classification bundle end to end on look-alike data: learns, evaluates, infers, resumes,
-runs under torchrun, refuses bad input."""
+runs under torchrun, refuses bad input, runs the CPU engines."""
 
 from __future__ import annotations
 
@@ -10,12 +10,24 @@ import subprocess
 import sys
 
 import pytest
-from bundle_helpers import ROOT, assert_training_refuses, bundle_dir, read_json, run_workflow
+from bundle_helpers import (
+    ROOT,
+    assert_engine_record,
+    assert_training_refuses,
+    bundle_dir,
+    change_checkpoint,
+    engine_log,
+    engine_used,
+    read_json,
+    run_engines,
+    run_workflow,
+)
 from monai.bundle import ConfigParser
 from PIL import Image
 
 from common.datasets.covidx import build_datalist as covidx
 from common.datasets.covidx import write_lookalike as write_covidx
+from common.engines import ENGINES
 from common.networks import count_parameters
 
 BUNDLE = "covidx_cxr_classification"
@@ -185,3 +197,64 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(data, tmp_path):
     assert "val_auc" in proc.stdout + proc.stderr
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------- engines
+@pytest.fixture(scope="module")
+def exported(data, trained, tmp_path_factory):
+    """pocket engines on a copy of the trained model (the trained root keeps inferring with torch)."""
+    return run_engines(BUNDLE, data, trained["root"], tmp_path_factory.mktemp("covidx_engines"), **TINY)
+
+
+def _auc(rows: dict[str, dict], labels: dict[str, int]) -> float:
+    """Area under the ROC curve of the rows' positive probabilities (ties count one half)."""
+    pos = [float(r["probability_positive"]) for n, r in rows.items() if labels[n] == 1]
+    neg = [float(r["probability_positive"]) for n, r in rows.items() if labels[n] == 0]
+    return sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+
+
+def _infer(root, dataset_dir, out, engine, **override) -> tuple:
+    wf = run_workflow(BUNDLE, ["inference.json"], "infer", root, dataset_dir=str(dataset_dir), output_dir=str(out),
+                      engine=engine, **TINY, **override)
+    return wf, {os.path.basename(r["filename"]): r for r in _rows(out / "predictions.csv")}
+
+
+def test_engines_command_records_the_fastest_good_engine(data, exported):
+    record = assert_engine_record(exported)
+    fold0 = sum(e["fold"] == 0 for e in read_json(data["datalist"])["training"])
+    assert record["metric"] == "auc" and record["cases_scored"] == fold0  # every validation film
+    assert record["input_shape"] == [1, 1, 64, 64] and record["scores"]["torch"]["metric"] >= 0.9
+    assert "bytes_per_voxel" not in record  # 2D: no whole-volume passes to decide
+
+
+def test_inference_with_each_engine_writes_one_row_per_film_and_fp32_agrees_with_torch(data, exported, tmp_path):
+    rows = {}
+    for engine in ENGINES:
+        # torch in fp32: where the CPU has native bf16, "auto" runs torch under bf16 autocast, whose rounding
+        # moves these probabilities by ~4e-3 (the exports are fp32 whatever bf16 says)
+        wf, rows[engine] = _infer(exported["root"], data["dataset_dir"], tmp_path / engine, engine, bf16=False)
+        assert engine_used(wf) == engine  # the export ran, not the torch fallback
+        assert sorted(rows[engine]) == sorted(_labels(data["datalist"], "testing")), engine  # one row per film
+        _check_probabilities(list(rows[engine].values()))
+    for engine in ("onnxruntime", "openvino"):
+        for name, t in rows["torch"].items():
+            r = rows[engine][name]
+            assert r["predicted_class"] == t["predicted_class"], (engine, name)
+            for key in ("probability_negative", "probability_positive"):
+                assert abs(float(r[key]) - float(t[key])) <= 1e-4, (engine, name, r[key], t[key])
+    auc = {e: _auc(rows[e], _labels(data["datalist"], "testing")) for e in rows}
+    assert auc["torch"] >= 0.9 and auc["openvino_int8"] >= auc["torch"] - 0.01, auc  # INT8 ranks films as well
+
+
+def test_export_older_than_the_checkpoint_is_not_used(data, exported, tmp_path, caplog):
+    """A retrained model.pt: inference with engine openvino says the export is older and runs with torch."""
+    root = tmp_path / "bundle"
+    shutil.copytree(exported["root"] / "models", root / "models")
+    change_checkpoint(root / "models" / "model.pt")
+    with engine_log(caplog) as records:
+        wf, stale = _infer(root, data["dataset_dir"], tmp_path / "openvino", "openvino")
+    assert engine_used(wf) == "torch"
+    [line] = [r.getMessage() for r in records if "not used" in r.getMessage()]
+    assert line.startswith("engine openvino not used: ") and "older" in line, line
+    _, torch_run = _infer(root, data["dataset_dir"], tmp_path / "torch", "torch")
+    assert stale == torch_run
