@@ -1,6 +1,7 @@
 """MSD prostate bundle (low-resolution input, high-resolution output) end to end on look-alike data: learns,
 evaluates at the original resolution, infers 3D masks on the input grid, builds every input size with the head
-on and off, ignores macOS junk, refuses bad labels, and runs the paper-claim experiment in a tiny mode."""
+on and off, ignores macOS junk, refuses bad labels, runs the paper-claim experiment in a tiny mode and the CPU
+engines."""
 
 from __future__ import annotations
 
@@ -18,16 +19,21 @@ import torch
 from bundle_helpers import (
     ROOT,
     SCHEMA,
+    agreement,
+    assert_engine_record,
     assert_training_refuses,
     bundle_dir,
+    engine_used,
     read_json,
     read_per_case,
+    run_engines,
     run_workflow,
 )
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata
 
 from common.datasets.prostate import build_datalist as msd
 from common.datasets.prostate import write_lookalike as write_prostate
+from common.engines import ENGINES
 from common.experiments import lowres as lowres_experiment
 from common.losses.multiscale import MultiScaleLoss
 
@@ -251,3 +257,42 @@ def test_experiment_threads_reach_the_bundle(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         lowres_experiment.run(str(tmp_path), tiny=True, threads=1)
     assert seen["cpu_threads"] == 1
+
+
+# ------------------------------------------------------------------------------------------------- engines
+@pytest.fixture(scope="module")
+def exported(data, trained, tmp_path_factory):
+    """pocket engines on a copy of the trained model (the trained root keeps inferring with torch)."""
+    return run_engines(BUNDLE, data, trained["root"], tmp_path_factory.mktemp("prostate_engines"), **TINY)
+
+
+def test_engines_command_records_the_fastest_good_engine(data, exported):
+    record = assert_engine_record(exported)
+    fold0 = sum(e["fold"] == 0 for e in read_json(data["datalist"])["training"])
+    assert record["metric"] == "val_mean_dice" and record["cases_scored"] == fold0
+    assert record["input_shape"] == [1, 1, 32, 32]  # the low-resolution slices the network sees
+    assert record["scores"]["torch"]["metric"] >= 0.8
+
+
+def test_inference_with_each_engine_writes_3d_masks_on_the_input_grid_and_agrees_with_torch(data, exported,
+                                                                                            tmp_path):
+    images = sorted(f for f in os.listdir(os.path.join(data["dataset_dir"], "imagesTs")) if not f.startswith("._"))
+    preds = {}
+    for engine in ENGINES:
+        out = tmp_path / engine
+        wf = run_workflow(BUNDLE, ["inference.json"], "infer", exported["root"], dataset_dir=data["dataset_dir"],
+                          output_dir=str(out), image_size=64, input_size=32, features=8, engine=engine)
+        assert engine_used(wf) == engine  # the export ran, not the torch fallback
+        names = sorted(p.name for p in out.glob("*_seg.nii.gz"))
+        assert names == [f.replace(".nii.gz", "_seg.nii.gz") for f in images], engine  # one mask per image
+        preds[engine] = {}
+        for name in images:
+            image = nib.load(os.path.join(data["dataset_dir"], "imagesTs", name))
+            pred = nib.load(out / name.replace(".nii.gz", "_seg.nii.gz"))
+            assert pred.shape == image.shape[:3], (engine, name)
+            np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+            preds[engine][name] = np.asarray(pred.dataobj)
+    for engine in ("onnxruntime", "openvino"):
+        for name, torch_map in preds["torch"].items():
+            assert agreement(preds[engine][name], torch_map) >= 0.999, (engine, name)
+    assert all(m.any() for m in preds["openvino_int8"].values())  # INT8 finds every prostate
