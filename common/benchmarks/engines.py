@@ -38,13 +38,15 @@ from common import BUNDLES_DIR
 
 __all__ = ["CONFIGS", "SPECS", "engine_benchmark"]
 
-#: configuration name -> (engine, channels_last)
+#: configuration name -> (engine, channels_last, bf16); torch_bf16 is the bundles' torch default on CPUs with
+#: native bf16 (AVX512-BF16/AMX: ``bf16: "auto"``), torch_channels_last their default elsewhere
 CONFIGS = {
-    "torch_eager": ("torch", False),
-    "torch_channels_last": ("torch", True),
-    "onnxruntime": ("onnxruntime", False),
-    "openvino": ("openvino", False),
-    "openvino_int8": ("openvino_int8", False),
+    "torch_eager": ("torch", False, False),
+    "torch_channels_last": ("torch", True, False),
+    "torch_bf16": ("torch", True, True),
+    "onnxruntime": ("onnxruntime", False, False),
+    "openvino": ("openvino", False, False),
+    "openvino_int8": ("openvino_int8", False, False),
 }
 WINDOWS = ("sliding", "budget")
 REFERENCE = ("torch_eager", "sliding")
@@ -159,9 +161,9 @@ def child(args: dict[str, Any]) -> None:
     from monai.bundle import ConfigWorkflow
 
     cfg = BUNDLES_DIR / args["bundle"] / "configs"
-    engine, channels_last = CONFIGS[args["config"]]
+    engine, channels_last, bf16 = CONFIGS[args["config"]]
     override = {"dataset_dir": args["dataset_dir"], "output_dir": args["output_dir"], "engine": engine,
-                "channels_last": channels_last, "cpu_threads": args["threads"], **args["net"]}
+                "channels_last": channels_last, "bf16": bf16, "cpu_threads": args["threads"], **args["net"]}
     if args["window"] == "sliding":
         override["max_memory_gb"] = 0
     wf = ConfigWorkflow(config_file=str(cfg / "inference.json"), meta_file=str(cfg / "metadata.json"),
@@ -357,7 +359,8 @@ def engine_benchmark(
     Args:
         bundles: comma-separated, of ``nfbs``, ``brats``, ``lits``, ``covidx``, ``prostate``.
         widths: ``pocket`` and/or ``full`` (the bundle's network with doubling widths).
-        configs: of ``torch_eager``, ``torch_channels_last``, ``onnxruntime``, ``openvino``, ``openvino_int8``.
+        configs: of ``torch_eager``, ``torch_channels_last``, ``torch_bf16``, ``onnxruntime``, ``openvino``,
+            ``openvino_int8``.
         windows: ``sliding`` (the bundle's sliding window) and/or ``budget`` (whole volume when it fits).
         volumes: volumes per configuration (the first is reported apart; 2 or more give the marginal cost).
         threads: CPU threads of every engine.
