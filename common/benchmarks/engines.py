@@ -195,6 +195,39 @@ def child(args: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def in_child(function: str, **kwargs: Any) -> Any:
+    """``function(**kwargs)`` of this module in a fresh process (its output streams through); returns its result.
+
+    Training, export and the peak measurement each run apart from the benchmark process, so that no runtime's
+    threads or compiled models (OpenVINO, oneDNN) outlive their step in a process that later forks or trains.
+    """
+    code = ("import json, sys; from common.benchmarks import engines as m; "
+            "r = getattr(m, sys.argv[1])(**json.loads(sys.argv[2])); print('RESULT ' + json.dumps(r), flush=True)")
+    proc = subprocess.run([sys.executable, "-c", code, function, json.dumps(kwargs)], stdout=subprocess.PIPE,
+                          text=True)
+    found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    sys.stdout.write("".join(ln + "\n" for ln in proc.stdout.splitlines() if not ln.startswith("RESULT ")))
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"{function} failed in its own process (exit status {proc.returncode}).")
+    return json.loads(found[-1][len("RESULT "):])
+
+
+def prepare_model(bundle: str, root: str, dataset_dir: str, datalist: str, epochs: int, threads: int,
+                  net: dict[str, Any], train: dict[str, Any]) -> str:
+    """Brief training (if no ``model.pt``) and ``pocket engines`` (if not recorded yet); returns the engine table."""
+    from common.engines.choose import engines, render
+    from common.engines.record import read_record
+
+    spec = next(s for s in SPECS.values() if s.bundle == bundle)
+    spec = Spec(spec.bundle, spec.dataset, spec.size, spec.shape, train, spec.unit)
+    train_briefly(spec, Path(root), dataset_dir, datalist, epochs, threads, **net)
+    record = read_record(Path(root) / "models")
+    if record is not None and "scores" in record:
+        return render(record, Path(root) / "models")
+    return engines(bundle, dataset_dir, datalist, bundle_root=root, calibration_cases=4, calibration_samples=32,
+                   score_cases=1, cpu_threads=threads, **net)
+
+
 def run_child(args: dict[str, Any], max_rss: float) -> dict[str, Any]:
     """Run ``child(args)`` in a fresh process; peak RSS of it and its workers; ``OOM`` above ``max_rss``."""
     import psutil
@@ -372,7 +405,6 @@ def engine_benchmark(
     """
     import psutil
 
-    from common.engines.choose import engines
     from common.engines.record import read_record
 
     def names(v: str | tuple[str, ...]) -> list[str]:
@@ -387,7 +419,7 @@ def engine_benchmark(
             raise ValueError(f"unknown {bad}: choose from {', '.join(allowed)}.")
     cap = (max_rss_gb * 1024**3) if max_rss_gb else 0.8 * psutil.virtual_memory().total
     work = Path(work_dir).resolve()
-    peak = peaks(threads)
+    peak = in_child("peaks", threads=threads)
     out = [f"Engine benchmark: {threads} threads, limit {cap / 1024**3:.1f} GB RSS per configuration; machine "
            f"conv peak fp32 {peak['fp32']:.0f} GFLOP/s, int8 {peak.get('int8', float('nan')):.0f} GOPS "
            f"(one 3x3x3 conv, OpenVINO; fp32 at least the MKL GEMM rate)."]
@@ -402,12 +434,9 @@ def engine_benchmark(
                 continue
             net = {"pocket": width == "pocket", **extra}
             root = work / name / width
-            train_briefly(spec, root, dataset_dir, datalist, epochs, threads, **net)
+            out.append(in_child("prepare_model", bundle=spec.bundle, root=str(root), dataset_dir=dataset_dir,
+                                datalist=datalist, epochs=epochs, threads=threads, net=net, train=spec.train))
             record = read_record(root / "models")
-            if record is None or "scores" not in record:
-                out.append(engines(spec.bundle, dataset_dir, datalist, bundle_root=str(root), calibration_cases=4,
-                                   calibration_samples=32, score_cases=1, cpu_threads=threads, **net))
-                record = read_record(root / "models")
             per_voxel, roi, _ = macs_per_voxel(spec.bundle, root, **net)
             rows: dict[tuple[str, str], dict[str, Any]] = {}
             for config in config_names:
