@@ -150,8 +150,9 @@ def engines(
             record["int8_convolutions"] = quantized_operations(int8)
     available = ["torch"] + [e for e in ENGINES[1:] if e in record["exports"]]
 
-    # 3. memory per input voxel (3D networks: what decides whole-volume passes)
-    if len(input_shape) == 5 and multiple is not None:
+    # 3. memory per input voxel (3D networks seen through sliding windows: what decides whole-volume passes)
+    torch_net.eval()  # the evaluator's eval_mode restored training mode after its run
+    if len(input_shape) == 5 and multiple is not None and not variant:
         side = min(input_shape[2:])
         sides = [max(multiple), side] if side // 2 < max(multiple) else [side // 2, side]
         nets = {"torch": torch_net, **{e: _engine_net(e, ckpt_dir, cpu_threads) for e in available[1:]}}

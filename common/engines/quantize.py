@@ -31,6 +31,8 @@ class CalibrationRecorder(nn.Module):
     def __init__(self, network: nn.Module, max_samples: int = 64, seed: int = 0) -> None:
         super().__init__()
         self.network = network
+        if hasattr(network, "multiple"):  # inferers pad to it (slabs, whole volumes): record what they feed
+            self.multiple = network.multiple
         self.max_samples = max_samples
         self.samples: list[np.ndarray] = []
         self.seen = 0

@@ -58,7 +58,8 @@ class EngineNetwork(nn.Module):
         super().__init__()
         self.path = str(path)
         self.num_threads = threads(num_threads)
-        self.multiple = multiple
+        if multiple is not None:  # absent rather than None, as on a torch network without one (inferers pad to it)
+            self.multiple = multiple
         self.bytes_per_voxel = bytes_per_voxel
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -16,10 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bundle_helpers import (
+    ENGINE_SETTINGS,
     ROOT,
+    agreement,
     assert_inference_applies,
     assert_strategy_record,
     bundle_dir,
+    engine_used,
     read_json,
     read_metrics,
     run_workflow,
@@ -192,6 +195,31 @@ def test_inference_writes_one_mask_per_volume_on_its_grid(lits_data, lits_traine
         p = np.asarray(pred.dataobj) > 0
         dices.append(2 * (p & truth).sum() / (p.sum() + truth.sum()))
     assert np.mean(dices) >= 0.7, dices
+
+
+def test_slab_wise_model_runs_with_the_engines_and_agrees_with_torch(lits_data, lits_trained, tmp_path):
+    """``pocket engines --variant slab`` exports models/slab; inference_slab.json runs it through each fp32 engine."""
+    from common.engines.choose import engines
+
+    root = tmp_path / "bundle"
+    shutil.copytree(lits_trained["root"] / "models", root / "models")
+    engines(str(lits_trained["root"]), lits_data["dataset_dir"], lits_data["datalist"], variant="slab",
+            bundle_root=str(root), **ENGINE_SETTINGS, **TINY)
+    record = read_json(root / "models" / "slab" / "engine.json")
+    assert record["variant"] == "slab" and not (root / "models" / "engine.json").exists()
+    assert record["input_shape"][-1] == 16  # the network was exported on 16-voxel slabs
+    maps = {}
+    for engine in ("torch", "openvino", "onnxruntime"):
+        out = tmp_path / engine
+        wf = run_workflow(LITS, ["inference.json", "inference_slab.json"], "infer", root,
+                          configs_dir=lits_trained["configs"], dataset_dir=lits_data["dataset_dir"],
+                          output_dir=str(out), engine=engine, **TINY)
+        assert engine_used(wf) == engine
+        maps[engine] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+    assert len(maps["torch"]) == 8
+    for engine in ("openvino", "onnxruntime"):
+        assert maps[engine].keys() == maps["torch"].keys()
+        assert min(agreement(maps[engine][k], maps["torch"][k]) for k in maps["torch"]) >= 0.999
 
 
 def test_stage2_can_train_on_stage1_predictions(lits_data, lits_trained, tmp_path):
