@@ -114,7 +114,7 @@ def prepare_data(spec: Spec, root: Path, cases: int) -> tuple[str, str]:
 
     stamp = root / "data.json"
     datalist = root / "datalist.json"
-    wanted = {"size": spec.size, "shape": spec.shape, "cases": cases}
+    wanted = json.loads(json.dumps({"size": spec.size, "shape": spec.shape, "cases": cases}))  # as stored
     if stamp.is_file() and json.loads(stamp.read_text()).get("wanted") == wanted:
         return json.loads(stamp.read_text())["dataset_dir"], str(datalist)
     dataset_dir = write_lookalike(spec.dataset, str(root / "data"), cases=cases, size=spec.size)
