@@ -450,7 +450,7 @@ def engine_benchmark(
                     print(f"[engine_benchmark] {name} {width} {config} {window}: {_brief(rows[config, window])}",
                           flush=True)
             out.append(render(name, width, spec, rows, record, per_voxel, roi, peak, threads))
-            print(out[-1], flush=True)  # each table as soon as it is measured (the whole text is also returned)
+            print(out[-1], file=sys.stderr, flush=True)  # as soon as measured; all tables are returned at the end
     return "\n\n".join(out)
 
 
