@@ -184,8 +184,8 @@ def load_engine(network: nn.Module, ckpt_dir: str | Path, engine: str = "auto", 
         engine = record["chosen"]
     measured = (record or {}).get("bytes_per_voxel", {}).get(engine)
     if engine == "torch":
-        # torch keeps the sliding window: on the NFBS volume its whole-volume pass was slower (eager 208 vs 175 s,
-        # channels-last 167 vs 134 s; docs/benchmarks.md), so the measured memory is not handed to the inferer
+        if measured and is_fresh(record, Path(ckpt_dir) / checkpoint):
+            network.bytes_per_voxel = measured
         return network
     problem = engine_unavailable(engine, ckpt_dir, record, checkpoint)
     if problem is not None:

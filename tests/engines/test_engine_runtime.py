@@ -123,9 +123,13 @@ def test_export_older_than_the_checkpoint_runs_torch_with_a_warning(
     assert len(warnings) == 1 and "older" in warnings[0] and "openvino" in warnings[0]
 
 
-def test_torch_keeps_the_sliding_window(torch_net: torch.nn.Module, engine_dir: Callable[..., Path]) -> None:
-    """torch's whole-volume pass was slower than its sliding window: its measurement does not reach the inferer."""
+def test_stale_record_gives_torch_no_memory_measurement(torch_net: torch.nn.Module,
+                                                        engine_dir: Callable[..., Path]) -> None:
     folder = engine_dir("torch", bytes_per_voxel={"torch": 300.0})
+    assert load_engine(torch_net, folder, "auto", num_threads=1) is torch_net
+    assert torch_net.bytes_per_voxel == 300.0  # fresh: the measured memory per voxel reaches the inferer
+    del torch_net.bytes_per_voxel
+    (folder / "model.pt").write_bytes((folder / "model.pt").read_bytes() + b"\0")
     assert load_engine(torch_net, folder, "auto", num_threads=1) is torch_net
     assert not hasattr(torch_net, "bytes_per_voxel")
 
