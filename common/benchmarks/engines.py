@@ -484,8 +484,9 @@ def render(name: str, width: str, spec: Spec, rows: dict[tuple[str, str], dict[s
         limit = peak.get("int8") if config == "openvino_int8" else peak["fp32"]
         folder = Path(row["folder"])
         dice = agreement(label_maps(folder), ref_maps) if ref_maps is not None else None
-        used = "whole" if all(c.startswith("whole") for c in row["choices"] if c) and any(row["choices"]) else (
-            "sliding" if roi is not None else "-")
+        whole = sum(c.startswith("whole") for c in row["choices"])
+        used = "-" if roi is None else {0: "sliding", len(row["choices"]): "whole"}.get(whole, f"whole {whole}/"
+                                                                                          f"{len(row['choices'])}")
         lines.append(
             f"| {config} | {window} | {row['startup_s']:.1f} | {row['times'][0]:.2f} | {marginal:.2f} | "
             f"{row['peak_rss'] / 1024**3:.1f} | {'' if ref_time is None else f'{ref_time / marginal:.1f}'} | "

@@ -41,7 +41,8 @@ class BudgetedInferer(Inferer):
 
     Args:
         roi_size, sw_batch_size, overlap, mode, sigma_scale: the sliding window used when the volume does not fit.
-        max_memory_gb: the memory budget of one pass (``"auto"``: half of the available memory at each call).
+        max_memory_gb: the memory budget of one pass (``"auto"``: half of the memory available at the first call,
+            kept for later volumes: an engine's own buffers, reused by the next pass, must not shrink it).
         multiple: what the network's input sizes must be multiples of; default: the network's ``multiple``.
         bytes_per_voxel: peak bytes per input voxel; default: the engine's measured ``bytes_per_voxel``. Without
             either the volume always goes through the sliding window.
@@ -59,6 +60,7 @@ class BudgetedInferer(Inferer):
         self.bytes_per_voxel = bytes_per_voxel
         self.kwargs = kwargs
         self.last_choice = ""
+        self._budget: float | None = None
 
     def window(self, inputs: torch.Tensor, network: Any) -> list[int] | None:
         """The whole-volume window for ``inputs`` when it fits the budget, else ``None`` (sliding window)."""
@@ -70,7 +72,9 @@ class BudgetedInferer(Inferer):
             return None
         window = whole_window(inputs.shape[2:], multiple)
         need = inputs.shape[0] * math.prod(window) * float(per_voxel)
-        budget = memory_budget(self.max_memory_gb)
+        if self._budget is None:
+            self._budget = memory_budget(self.max_memory_gb)
+        budget = self._budget
         if need > budget:
             gb = (need / 1024**3, budget / 1024**3)
             self.last_choice = f"sliding window (whole {window} needs ~{gb[0]:.1f} GB > {gb[1]:.1f} GB)"
