@@ -224,8 +224,9 @@ def prepare_model(bundle: str, root: str, dataset_dir: str, datalist: str, epoch
     record = read_record(Path(root) / "models")
     if record is not None and "scores" in record:
         return render(record, Path(root) / "models")
+    # 3D: one validation case (torch's sliding window takes minutes); 2D: the whole (small) validation fold
     return engines(bundle, dataset_dir, datalist, bundle_root=root, calibration_cases=4, calibration_samples=32,
-                   score_cases=1, cpu_threads=threads, **net)
+                   score_cases=1 if "patch_size" in train else 0, cpu_threads=threads, **net)
 
 
 def run_child(args: dict[str, Any], max_rss: float) -> dict[str, Any]:

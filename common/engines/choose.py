@@ -68,9 +68,13 @@ def _evaluation(configs: list[str], bundle_root: Path, engine: str, data: str | 
 
 
 def choose_engine(scores: dict[str, dict[str, float]], tolerance: float) -> str:
-    """The fastest engine whose metric is at most ``tolerance`` below torch's (torch when nothing else qualifies)."""
+    """The fastest engine whose metric is at most ``tolerance`` below torch's (torch when nothing else qualifies).
+
+    torch, the reference, always qualifies; a metric that could not be computed (NaN, e.g. an AUC on cases of
+    one class) never does, so with an undefined torch metric torch stays.
+    """
     floor = scores["torch"]["metric"] - tolerance
-    good = [e for e, s in scores.items() if s["metric"] >= floor]
+    good = ["torch"] + [e for e, s in scores.items() if e != "torch" and s["metric"] >= floor]
     return min(good, key=lambda e: scores[e]["seconds_per_case"])
 
 

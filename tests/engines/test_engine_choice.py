@@ -109,3 +109,12 @@ def test_cli_bad_input_is_one_sentence_and_exit_1(argv: list[str], expected: str
     err = err.strip()
     assert err.startswith("error: ") and expected in err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_an_undefined_metric_never_wins() -> None:
+    nan = float("nan")
+    assert choose_engine({"torch": {"metric": nan, "seconds_per_case": 9.0},
+                          "openvino": {"metric": 0.9, "seconds_per_case": 1.0}}, 0.005) == "torch"
+    assert choose_engine({"torch": {"metric": 0.9, "seconds_per_case": 9.0},
+                          "openvino_int8": {"metric": nan, "seconds_per_case": 1.0},
+                          "openvino": {"metric": 0.9, "seconds_per_case": 2.0}}, 0.005) == "openvino"
