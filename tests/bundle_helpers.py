@@ -228,3 +228,12 @@ def agreement(a, b) -> float:
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.mean(a == b))
+
+
+def assert_fp32_engines_agree(preds: dict, floor: float = 0.999) -> None:
+    """``preds[engine][name]`` label maps: ONNX Runtime's and OpenVINO fp32's agree with torch's on >= ``floor``
+    of the voxels, for every output."""
+    for engine in ("onnxruntime", "openvino"):
+        assert preds[engine].keys() == preds["torch"].keys(), engine
+        for name, torch_map in preds["torch"].items():
+            assert agreement(preds[engine][name], torch_map) >= floor, (engine, name)
