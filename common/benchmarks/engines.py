@@ -494,6 +494,7 @@ def render(name: str, width: str, spec: Spec, rows: dict[tuple[str, str], dict[s
             f"{_fmt(gops, '.0f')} | {_fmt(100 * gops / limit if gops and limit else None, '.0f')} | "
             f"{'' if dice is None else f'{dice:.4f}'} | {used} |")
     if record and "scores" in record:
-        lines.append(f"\nengine chosen by `pocket engines` (1 validation case): {record['chosen']}; "
+        lines.append(f"\nengine chosen by `pocket engines` ({record.get('cases_scored', '?')} validation cases): "
+                     f"{record['chosen']}; "
                      f"bytes/voxel {record.get('bytes_per_voxel', {})}")
     return "\n".join(lines)
