@@ -56,8 +56,9 @@ def _evaluation(configs: list[str], bundle_root: Path, engine: str, data: str | 
     """The bundle's evaluation workflow, reduced to what scoring needs: checkpoint loading and the key metric."""
     loader = {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'",
               "load_dict": {"model": "@network"}, "map_location": "@device"}
-    # torch is the fp32 reference: no bf16 autocast even where the bundle's "auto" would use it
-    override = {"engine": engine, "bf16": False, "validate#handlers": [loader],
+    # torch is the fp32 reference: no bf16 autocast even where the bundle's "auto" would use it. No data-loader
+    # worker processes: this process holds OpenVINO/NNCF state, and forking it crashed it once (exit -11)
+    override = {"engine": engine, "bf16": False, "num_workers": 0, "validate#handlers": [loader],
                 "validate#evaluator#additional_metrics": {}, "validate#dataset#progress": False, **override}
     if data is not None:
         override["validate#data"] = data
