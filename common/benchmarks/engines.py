@@ -27,6 +27,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,8 +241,6 @@ def run_child(args: dict[str, Any], max_rss: float) -> dict[str, Any]:
     ps = psutil.Process(proc.pid)
     peak, oom = 0, False
     lines: list[str] = []
-    import threading
-
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
