@@ -309,6 +309,7 @@ def peaks(threads: int) -> dict[str, float]:
     INT8 (NNCF), the best the runtime does on this CPU; fp32 is at least MKL's GEMM rate."""
     import torch
 
+    from common.engines.runtime import openvino_core
     from common.training.cpu import gemm_gflops
 
     torch.set_num_threads(threads)
@@ -326,8 +327,8 @@ def peaks(threads: int) -> dict[str, float]:
     data = [np.random.default_rng(i).standard_normal((1, c, side, side, side)).astype(np.float32) for i in range(4)]
     int8 = nncf.quantize(model, nncf.Dataset(data), subset_size=4)
     for name, m, hint in (("fp32", model, {"INFERENCE_PRECISION_HINT": "f32"}), ("int8", int8, {})):
-        compiled = openvino.Core().compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                             "PERFORMANCE_HINT": "LATENCY", **hint})
+        compiled = openvino_core().compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                            "PERFORMANCE_HINT": "LATENCY", **hint})
         compiled(data[0])
         t0 = time.perf_counter()
         for _ in range(5):

@@ -60,9 +60,11 @@ def quantize_openvino(xml_file: str | Path, samples: list[np.ndarray], out_file:
     import nncf
     import openvino
 
+    from common.engines.runtime import openvino_core
+
     if not samples:
         raise ValueError(f"no calibration inputs to quantize {xml_file} with.")
-    model = openvino.Core().read_model(str(xml_file))
+    model = openvino_core().read_model(str(xml_file))
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     openvino.save_model(quantized, str(out_file), compress_to_fp16=False)
     return Path(out_file)
@@ -74,9 +76,9 @@ def quantized_operations(xml_file: str | Path) -> dict[str, int]:
     Read from OpenVINO's runtime model (what the CPU plugin really executes), so a model that silently stayed
     fp32 shows zero int8 convolutions.
     """
-    import openvino
+    from common.engines.runtime import openvino_core
 
-    compiled = openvino.Core().compile_model(str(xml_file), "CPU")
+    compiled = openvino_core().compile_model(str(xml_file), "CPU")
     counts = {"int8": 0, "float": 0}
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()

@@ -29,7 +29,7 @@ from common.engines.record import ENGINES, EXPORT_FILES, file_sha256, read_recor
 from common.training.cpu import auto_threads
 
 __all__ = ["EngineNetwork", "OnnxRuntimeNetwork", "OpenVINONetwork", "engine_unavailable", "is_fresh", "load_engine",
-           "threads"]
+           "openvino_core", "threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +92,41 @@ class OnnxRuntimeNetwork(EngineNetwork):
         return self.session.run(None, {self.input_name: x})[0]
 
 
-_collecting_before_fork = False
+_child_freezes_inherited_objects = False
 
 
-def _collect_before_fork() -> None:
-    """Collect garbage before this process forks (DataLoader workers), from the first OpenVINO model on.
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, kept for the life of the process.
 
-    A forked child inherits the compiled OpenVINO models but not the CPU plugin's threads: when its garbage
-    collector frees one the parent had dropped (a finished workflow's network stays in reference cycles until
-    collected), the child waits on those threads for ever or aborts ("DataLoader worker exited unexpectedly").
-    Collecting in the parent first leaves no such model to the child.
+    A temporary ``Core()`` per model lets the CPU plugin library be unloaded when the last model compiled with it
+    is garbage-collected; whatever the plugin left behind (thread-local state of its thread pool) then points into
+    unmapped code, and the process crashes later in an unrelated place (seen as a segfault in a torch run after
+    OpenVINO runs in the same process). One Core keeps the plugin loaded.
     """
-    global _collecting_before_fork
-    if not _collecting_before_fork and hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=gc.collect)
-        _collecting_before_fork = True
+    global _core
+    if _core is None:
+        import openvino
+
+        _core = openvino.Core()
+        _freeze_inherited_objects_in_children()
+    return _core
+
+
+_core = None
+
+
+def _freeze_inherited_objects_in_children() -> None:
+    """In a forked child (a DataLoader worker), never garbage-collect what the parent had.
+
+    A child inherits the compiled OpenVINO models but not the CPU plugin's threads: if its collector freed one
+    the parent had dropped (a finished workflow's network stays in reference cycles until collected), the child
+    would wait on those threads for ever ("DataLoader worker exited unexpectedly"). ``gc.freeze`` right after the
+    fork moves every inherited object out of the collector's reach; what the child creates is collected as usual.
+    """
+    global _child_freezes_inherited_objects
+    if not _child_freezes_inherited_objects and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=gc.freeze)
+        _child_freezes_inherited_objects = True
 
 
 class OpenVINONetwork(EngineNetwork):
@@ -121,14 +141,11 @@ class OpenVINONetwork(EngineNetwork):
     def __init__(self, path: str | Path, num_threads: int | str | None = "auto", int8: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(path, num_threads, **kwargs)
-        import openvino
-
-        _collect_before_fork()
         self.engine = "openvino_int8" if int8 else "openvino"
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.num_threads}
         if not int8:
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = openvino.Core().compile_model(self.path, "CPU", config)
+        self.compiled = openvino_core().compile_model(self.path, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def run(self, x: np.ndarray) -> np.ndarray:

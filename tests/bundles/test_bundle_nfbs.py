@@ -229,8 +229,8 @@ def test_inference_with_each_engine_writes_masks_on_the_input_grid_and_agrees_wi
         for name in names:
             assert agreement(preds[engine][name], preds["torch"][name]) >= 0.999, (engine, name)
     assert np.mean(dice["torch"]) >= 0.8, dice
-    for fp32 in ("onnxruntime", "openvino"):  # INT8 learns as much as fp32 does, per engine
-        assert abs(np.mean(dice["openvino_int8"]) - np.mean(dice[fp32])) <= 0.01, dice
+    for fp32 in ("onnxruntime", "openvino"):  # INT8 loses at most 0.01 Dice to fp32 (on this briefly trained
+        assert np.mean(dice["openvino_int8"]) >= np.mean(dice[fp32]) - 0.01, dice  # model it can also gain)
 
 
 def test_export_older_than_the_checkpoint_is_not_used(data, exported, tmp_path, caplog):
