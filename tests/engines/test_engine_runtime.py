@@ -181,3 +181,35 @@ def test_freshness_and_unavailability(engine_dir: Callable[..., Path], tmp_path:
     assert engine_unavailable("openvino", folder, record) is None
     assert engine_unavailable("onnxruntime", folder, record) is None
     assert "does not exist" in engine_unavailable("openvino", folder, None)
+
+
+def test_openvino_models_share_one_core_and_torch_runs_after_they_are_freed(unet3d_exports: dict[str, Any]) -> None:
+    """Freeing every compiled model must not unload the CPU plugin (that crashed later torch work)."""
+    import gc
+
+    first = OpenVINONetwork(unet3d_exports["xml"], 1)
+    core = runtime.openvino_core()
+    assert runtime.openvino_core() is core
+    x = torch.randn(1, 1, 16, 16, 16)
+    expected = first(x)
+    del first
+    gc.collect()
+    with torch.no_grad():
+        torch.testing.assert_close(unet3d_exports["net"](x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(OpenVINONetwork(unet3d_exports["xml"], 1)(x), expected)
+
+
+def test_forked_child_never_collects_what_it_inherited(unet3d_exports: dict[str, Any]) -> None:
+    """A DataLoader worker forked after OpenVINO models exist does not free them (it has not their threads)."""
+    import os
+
+    OpenVINONetwork(unet3d_exports["xml"], 1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report how many objects the collector left out, and leave at once
+        os.write(write, str(__import__("gc").get_freeze_count()).encode())
+        os._exit(0)
+    os.close(write)
+    frozen = int(os.read(read, 64) or b"0")
+    os.waitpid(pid, 0)
+    assert frozen > 1000
