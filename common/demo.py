@@ -77,7 +77,7 @@ def demo(out: str = "demo_output", cases: int = 8, epochs: int = 10, arch: str =
     other = count_parameters(parser.get_parsed_content("network_def", lazy=False))
     result = {
         "validation Dice": round(summary["val_mean_dice"], 4),
-        "validation HD95 (voxels)": round(summary["val_hd95"], 2),
+        "validation HD95 (mm)": round(summary["val_hd95"], 2),
         "parameters": params,
         f"parameters if pocket={not pocket}": other,
         "predictions": len(list(Path(pred_dir).glob("*_seg.nii.gz"))),

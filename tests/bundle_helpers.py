@@ -76,6 +76,20 @@ def read_per_case(eval_dir: str | os.PathLike, metric: str = "val_mean_dice") ->
     return {row.split(",")[0]: float(row.split(",")[-1]) for row in lines[1:]}
 
 
+def assert_every_case_counted(eval_dir: str | os.PathLike) -> None:
+    """No per-case metric is NaN or inf (the empty-mask rule), and ``empty_masks.csv`` says over how many cases
+    the summaries are taken: as many as the per-case CSVs hold."""
+    import math
+
+    cases = len(read_per_case(eval_dir))
+    for raw in Path(eval_dir).glob("*_raw.csv"):
+        values = [float(v) for row in raw.read_text().splitlines()[1:] for v in row.split(",")[1:]]
+        assert len(values) >= cases and all(math.isfinite(v) for v in values), raw
+    rows = [line.split(",") for line in (Path(eval_dir) / "empty_masks.csv").read_text().splitlines()]
+    assert rows[0] == ["key", "cases", "cases_with_an_empty_class"] and "label" in [r[0] for r in rows[1:]], rows
+    assert all(int(r[1]) == cases for r in rows[1:]), rows
+
+
 def assert_strategy_record(eval_dir: str | os.PathLike, record_file: str | os.PathLike) -> dict:
     """The post-processing record of an evaluation holds each strategy's mean Dice as ``metrics.csv`` reports
     it and names the best one (ties: the simplest, in ``STRATEGY_METRICS`` order); ``metrics.csv``'s mean
@@ -89,6 +103,7 @@ def assert_strategy_record(eval_dir: str | os.PathLike, record_file: str | os.Pa
         assert record["mean_dice"][strategy] == pytest.approx(summary[metric], abs=1e-6), (strategy, record)
         per_case = read_per_case(eval_dir, metric)
         assert summary[metric] == pytest.approx(float(np.mean(list(per_case.values()))), abs=1e-5), metric
+    assert_every_case_counted(eval_dir)
     order = list(STRATEGY_METRICS)
     assert record["strategy"] == max(order, key=lambda s: (record["mean_dice"][s], -order.index(s))), record
     return record

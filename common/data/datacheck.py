@@ -1,9 +1,9 @@
 """Check a data list before training, so bad downloads fail in seconds with a readable message.
 
 Training on a wrong file layout usually fails deep inside a worker process (or, worse, trains on
-misaligned labels). :func:`check_datalist` opens every case cheaply (headers only, except for the
-label-value check) and reports ONE sentence per failing case that names the file and the problem;
-all cases are checked before raising, so one run shows every problem.
+misaligned labels). :func:`check_datalist` reads every case (every voxel: a truncated ``.nii.gz`` is only
+found by decompressing it to the end) and reports ONE sentence per failing case that names the file and
+the problem; all cases are checked before raising, so one run shows every problem.
 
 CLI::
 
@@ -50,11 +50,18 @@ class _Problem(Exception):
 class _ImageInfo:
     """What the checks need from a file header: channels, spatial shape, affine (None for 2D formats)."""
 
-    def __init__(self, path: str, channels: int, spatial: tuple[int, ...], affine: np.ndarray | None) -> None:
+    def __init__(self, path: str, channels: int, spatial: tuple[int, ...], affine: np.ndarray | None,
+                 shape: tuple[int, ...] = ()) -> None:
         self.path = path
         self.channels = channels
         self.spatial = spatial
         self.affine = affine
+        self.shape = shape or spatial
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for a single slice (also a NIfTI whose third axis has one voxel), 3 for a volume."""
+        return 3 if len(self.spatial) >= 3 and self.spatial[2] > 1 else 2
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -87,7 +94,7 @@ def _read_header(path: str) -> _ImageInfo:
                         f"expected at least {needed})."
                     )
             channels = int(np.prod(shape[3:])) if len(shape) > 3 else 1
-            return _ImageInfo(path, channels, shape[:3], np.asarray(img.affine, dtype=float))
+            return _ImageInfo(path, channels, shape[:3], np.asarray(img.affine, dtype=float), shape)
         if lower.endswith(PIL_SUFFIXES):
             from PIL import Image
 
@@ -103,26 +110,45 @@ def _read_header(path: str) -> _ImageInfo:
     )
 
 
-def _read_values(path: str) -> np.ndarray:
-    """Unique values of a label file (the only check that reads voxel data)."""
+def _read_voxels(path: str) -> np.ndarray:
+    """Every voxel of a file (a compressed file is decompressed to its end, so truncation is found here)."""
     try:
         if _is_nifti(path):
             import nibabel as nib
 
-            data = np.asanyarray(nib.load(path).dataobj)
-        else:
-            from PIL import Image
+            return np.asanyarray(nib.load(path).dataobj)
+        from PIL import Image
 
-            with Image.open(path) as img:
-                data = np.asarray(img)
+        with Image.open(path) as img:
+            return np.asarray(img)
     except Exception as exc:
         raise _Problem(f"{path}: cannot be read as an image ({_short(exc)}).") from exc
+
+
+def _check_image_voxels(path: str) -> None:
+    """NaN/Inf voxels and an all-constant image are problems (a failed conversion or an empty export)."""
+    data = _read_voxels(path)
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise _Problem(f"{path}: image has {bad} NaN or infinite voxel{'s' if bad != 1 else ''}.")
+    if data.size and data.min() == data.max():
+        raise _Problem(f"{path}: image is constant (every voxel is {_fmt_values([data.flat[0]])[1:-1]}).")
+
+
+def _unique_values(data: np.ndarray) -> np.ndarray:
+    """Unique values of label data (bincount: much faster than np.unique's sort on big CT masks)."""
     if data.dtype.kind in "iub" and data.size:
         lo, hi = int(data.min()), int(data.max())
-        if hi - lo < 1 << 20:  # bincount is much faster than np.unique's sort on big CT masks
+        if hi - lo < 1 << 20:
             counts = np.bincount(data.ravel().astype(np.int64) - lo)
             return np.nonzero(counts)[0] + lo
     return np.unique(data)
+
+
+def _read_values(path: str) -> np.ndarray:
+    """Unique values of a label file."""
+    return _unique_values(_read_voxels(path))
 
 
 def _fmt_values(values: Sequence[Any]) -> str:
@@ -149,6 +175,8 @@ def _check_entry(
     image_key: str,
     label_key: str,
     check_grid: bool,
+    spatial_dims: int | None = None,
+    check_voxels: bool = True,
 ) -> None:
     """Raise _Problem with the first problem of one case."""
     if not isinstance(entry, dict) or image_key not in entry:
@@ -171,6 +199,11 @@ def _check_entry(
 
     infos = [_read_header(p) for p in images]
     label_info = _read_header(label_file) if label_file else None
+    if spatial_dims is not None:
+        for info in [*infos, *([label_info] if label_info else [])]:
+            if info.spatial_dims != spatial_dims:
+                raise _Problem(f"{info.path}: image is {info.spatial_dims}D (shape {info.shape}), this bundle "
+                               f"needs {spatial_dims}D images.")
 
     if image_channels is not None:
         channels = sum(i.channels for i in infos)
@@ -191,6 +224,8 @@ def _check_entry(
         allowed = sorted(label_values)
         if label_file is not None:
             found = _read_values(label_file)
+            if found.size and found.max() == 0:
+                logger.warning("%s: the label is empty (no foreground voxel).", label_file)
             bad = [v for v in found.tolist() if v not in set(allowed)]
             if bad:
                 raise _Problem(
@@ -204,6 +239,9 @@ def _check_entry(
                     f"expected one of {_fmt_values(allowed)}."
                 )
 
+    if check_voxels:
+        for path in images:
+            _check_image_voxels(path)
 
 def _compare_grid(info: _ImageInfo, ref: _ImageInfo, what: str, ref_what: str) -> None:
     if info.spatial != ref.spatial:
@@ -234,6 +272,8 @@ def check_datalist(
     image_key: str = "image",
     label_key: str = "label",
     check_grid: bool = True,
+    spatial_dims: int | None = None,
+    check_voxels: bool = True,
 ) -> None:
     """Check every case of ``data`` (absolute paths, as from ``load_fold``); raise DataCheckError.
 
@@ -242,6 +282,9 @@ def check_datalist(
     NIfTI = last dimension, 2D images = bands) is in ``image_channels`` (an int or allowed counts),
     label and image share the spatial grid (shape, affine within 1e-3), and label values are a subset of
     ``label_values`` (reads the label data; for classification an int label is checked directly).
+    With ``spatial_dims`` every file must be a 2D image or a 3D volume. With ``check_voxels`` (default) every
+    image is read to its last voxel: a truncated ``.nii.gz``, NaN/Inf voxels or an all-constant image is a
+    problem; an empty label only a warning.
     """
     allowed_channels = _as_allowed(image_channels)
     data = list(data)
@@ -250,7 +293,8 @@ def check_datalist(
     problems = []
     for index, entry in enumerate(data):
         try:
-            _check_entry(entry, index, allowed_channels, label_values, image_key, label_key, check_grid)
+            _check_entry(entry, index, allowed_channels, label_values, image_key, label_key, check_grid,
+                         spatial_dims, check_voxels)
         except _Problem as problem:
             problems.append(str(problem))
     if problems:
@@ -284,6 +328,7 @@ def datacheck(
     image_key: str = "image",
     label_key: str = "label",
     check_grid: bool = True,
+    spatial_dims: int | None = None,
 ) -> int:
     """Check one split of a data list file; print "OK: M cases checked" or the problems. Returns 0/1."""
     from common.data.datalists import load_fold
@@ -297,6 +342,7 @@ def datacheck(
             image_key=image_key,
             label_key=label_key,
             check_grid=check_grid,
+            spatial_dims=spatial_dims,
         )
     except (DataCheckError, ValueError, OSError) as exc:
         print(str(exc), file=sys.stderr)

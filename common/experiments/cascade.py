@@ -157,7 +157,7 @@ def render(rows: list[dict[str, Any]], task: str, epochs: int, factor: float, ca
     lines = [
         f"{task} look-alike, {cases} cases (fold 0 validates), {epochs} epochs per model, cascade factor {factor}",
         "",
-        "| method | parameters | val Dice (evaluate) | HD95 (voxels) | best val Dice in training | steps | train s |",
+        "| method | parameters | val Dice (evaluate) | HD95 (mm) | best val Dice in training | steps | train s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

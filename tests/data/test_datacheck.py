@@ -25,7 +25,7 @@ def _nii(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> str:
 
 
 def _vol(path: Path, shape: tuple[int, ...] = SHAPE, affine: np.ndarray | None = None) -> str:
-    return _nii(path, np.zeros(shape, np.int16), affine)
+    return _nii(path, np.arange(np.prod(shape), dtype=np.int16).reshape(shape) % 100, affine)
 
 
 def _seg(path: Path, values: tuple[int, ...] = (0, 1, 2), shape: tuple[int, ...] = SHAPE) -> str:
@@ -61,8 +61,8 @@ def test_ok_data_passes(tmp_path: Path) -> None:
     check_datalist(brats, image_channels=4, label_values=[0, 1, 2, 4])
     msd = [{"image": _vol(tmp_path / "m.nii.gz", (*SHAPE, 2)), "label": _seg(tmp_path / "ml.nii.gz")}]
     check_datalist(msd, image_channels=2, label_values=[0, 1, 2])
-    Image.new("L", (8, 8)).save(tmp_path / "g.png")
-    Image.new("RGB", (8, 8)).save(tmp_path / "c.jpg")
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "g.png")
+    Image.fromarray(np.arange(192, dtype=np.uint8).reshape(8, 8, 3)).save(tmp_path / "c.jpg")
     cls = [{"image": str(tmp_path / "g.png"), "label": 0}, {"image": str(tmp_path / "c.jpg"), "label": 1}]
     check_datalist(cls, image_channels=(1, 3), label_values=[0, 1])
     check_datalist(cls)  # no channel / value expectations
@@ -195,3 +195,38 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "1 of 2 cases failed the data check:" in bad.stderr
     assert f"{tmp_path / 'segmentation-1.nii'}: unexpected label values [3]" in bad.stderr
+
+
+# ------------------------------------------------------------------ what only reading every voxel finds
+def test_truncated_nii_gz_is_found(tmp_path: Path) -> None:
+    image = _nii(tmp_path / "v.nii.gz", np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32))
+    data = Path(image).read_bytes()
+    Path(image).write_bytes(data[: len(data) // 2])
+    [line] = _problems([{"image": image, "label": _seg(tmp_path / "s.nii.gz", shape=(32, 32, 32))}])
+    assert line.startswith(f"{image}: cannot be read as an image (") and line.endswith(").")
+
+
+def test_2d_image_to_a_3d_bundle(tmp_path: Path) -> None:
+    flat = _vol(tmp_path / "v.nii", (8, 8, 1))
+    [line] = _problems([{"image": flat}], spatial_dims=3)
+    assert line == f"{flat}: image is 2D (shape (8, 8, 1)), this bundle needs 3D images."
+    png = tmp_path / "x.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(png)
+    check_datalist([{"image": str(png)}], spatial_dims=2)
+    [line] = _problems([{"image": _vol(tmp_path / "w.nii")}], spatial_dims=2)
+    assert "image is 3D (shape (8, 8, 8)), this bundle needs 2D images." in line
+
+
+def test_nan_voxels_and_constant_image(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    data[0, 0, :3] = np.nan
+    nan = _nii(tmp_path / "nan.nii.gz", data)
+    const = _nii(tmp_path / "const.nii.gz", np.full(SHAPE, 7, np.int16))
+    lines = _problems([{"image": nan}, {"image": const}])
+    assert lines == [f"{nan}: image has 3 NaN or infinite voxels.", f"{const}: image is constant (every voxel is 7)."]
+
+
+def test_empty_label_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    label = _seg(tmp_path / "s.nii", values=(0,))
+    check_datalist([{"image": _vol(tmp_path / "v.nii"), "label": label}], label_values=[0, 1])
+    assert f"{label}: the label is empty (no foreground voxel)." in caplog.text
