@@ -131,13 +131,29 @@ def _break(case_dir: str, subject: str, how: str) -> str:
         arr[arr > 0] = 3
         nib.save(nib.Nifti1Image(arr, lab.affine), label)
         return label
+    if how == "truncated":  # a download cut short: only decompressing to the end finds it
+        raw = open(image, "rb").read()
+        with open(image, "wb") as f:
+            f.write(raw[: len(raw) // 2])
+        return image
+    if how == "flat":  # one slice given to a 3D bundle
+        for path in (image, label):
+            nib.save(nib.Nifti1Image(np.asarray(nib.load(path).dataobj)[:, :, 20:21], img.affine), path)
+        return image
+    if how == "nan":
+        data = np.asarray(img.dataobj).astype(np.float32)
+        data[10, 10, 10:12] = np.nan
+        nib.save(nib.Nifti1Image(data, img.affine), image)
+        return image
     raise ValueError(how)
 
 
 @pytest.mark.parametrize(
     "how,words",
     [("missing", "does not exist"), ("unreadable", "cannot be read"), ("channels", "2 channels, expected 1"),
-     ("grid", "does not match its image"), ("values", "unexpected label values [3]")],
+     ("grid", "does not match its image"), ("values", "unexpected label values [3]"),
+     ("truncated", "cannot be read as an image"), ("flat", "image is 2D (shape ("),
+     ("nan", "image has 2 NaN or infinite voxels")],
 )
 def test_bad_input_is_refused_before_training(data, tmp_path, how, words):
     ds = tmp_path / "NFBS_Dataset"
