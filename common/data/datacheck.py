@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import InvalidInputError
+
 __all__ = ["DataCheckError", "assert_valid", "check_datalist", "datacheck"]
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 AFFINE_TOL = 1e-3
 
 
-class DataCheckError(ValueError):
+class DataCheckError(InvalidInputError):
     """Raised when cases of a data list fail the check; ``problems`` holds one sentence per case."""
 
     def __init__(self, message: str, problems: Sequence[str] = (), num_cases: int = 0) -> None:

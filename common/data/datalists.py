@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import InvalidInputError, MissingInputError
+
 __all__ = [
     "NUM_FOLDS",
     "SEED",
@@ -98,7 +100,7 @@ def dataset_root(dataset_dir: str | os.PathLike, what: str) -> Path:
     """``dataset_dir`` as a ``Path``, or a one-sentence error naming ``what`` folder was expected."""
     root = Path(dataset_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{what} folder {root} does not exist or is not a folder.")
+        raise MissingInputError(f"{what} folder {root} does not exist or is not a folder.")
     return root
 
 
@@ -157,9 +159,9 @@ def load_fold(
     strings) are joined with ``dataset_dir``; the ``fold`` key is dropped.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
+        raise InvalidInputError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
     if not os.path.isfile(datalist_file):
-        raise FileNotFoundError(f"Data list file {datalist_file} does not exist.")
+        raise MissingInputError(f"Data list file {datalist_file} does not exist.")
     with open(datalist_file, encoding="utf-8") as f:
         datalist = json.load(f)
     if split == "test":
@@ -196,8 +198,8 @@ def find_images(dataset_dir: str, pattern: str) -> list[dict]:
     macOS ``._`` junk files skipped.
     """
     if not os.path.isdir(dataset_dir):
-        raise FileNotFoundError(f"{dataset_dir}: input folder does not exist.")
+        raise MissingInputError(f"{dataset_dir}: input folder does not exist.")
     files = sorted(f for f in glob.glob(os.path.join(dataset_dir, pattern)) if not os.path.basename(f).startswith("._"))
     if not files:
-        raise FileNotFoundError(f"{dataset_dir}: no input image matches {pattern!r}.")
+        raise MissingInputError(f"{dataset_dir}: no input image matches {pattern!r}.")
     return [{"image": f} for f in files]

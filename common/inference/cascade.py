@@ -49,6 +49,7 @@ from monai.transforms import MapTransform, NormalizeIntensity, Zoom
 from monai.utils import convert_to_dst_type
 from torch import nn
 
+from common.errors import MissingInputError
 from common.inference.slabs import SlabInferer
 
 __all__ = [
@@ -260,7 +261,7 @@ def load_weights(
     be there before the inferer runs or ``Stage1Predictiond`` caches its predictions. A missing file is one
     sentence naming it."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint not found (train that stage first, e.g. with "
+        raise MissingInputError(f"{path}: checkpoint not found (train that stage first, e.g. with "
                                 "train_cascade_stage1.json).")
     state = torch.load(path, map_location=map_location, weights_only=True)
     if key in state and isinstance(state[key], Mapping):

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from common.errors import InvalidInputError
 from common.networks.architectures import (
     ELUNet,
     PocketClassifier,
@@ -99,7 +100,7 @@ def get_network(
             ``bias`` (of the 3x3 convolutions, default ``True``).
     """
     if arch not in ARCHS:
-        raise ValueError(f"Unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}.")
+        raise InvalidInputError(f"Unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}.")
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if head_stages is None and stage_skips:

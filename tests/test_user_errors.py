@@ -1,0 +1,69 @@
+"""A problem the user fixes reaches them as one sentence from ``python -m monai.bundle run``, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_helpers import ROOT, bundle_dir
+
+from common.datasets.nfbs import build_datalist as nfbs
+from common.datasets.nfbs import write_lookalike as write_nfbs
+from common.errors import MissingInputError, UserError, user_error_in
+
+BUNDLE = "nfbs_brain_mri_segmentation"
+
+
+def bundle_run(tmp_path: Path, workflow: str, config: str, debug: bool = False,
+               **override: str) -> subprocess.CompletedProcess:
+    configs = bundle_dir(BUNDLE) / "configs"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", str(configs / config),
+           "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
+           "--bundle_root", str(tmp_path / "bundle")]
+    for key, value in override.items():
+        cmd += [f"--{key}", value]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "POCKET_DEBUG": "1" if debug else ""}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_truncated_training_file_is_one_sentence_and_exit_status_1(tmp_path: Path) -> None:
+    ds = write_nfbs(str(tmp_path / "data"), cases=3, seed=0, size=24)
+    datalist = str(tmp_path / "nfbs.json")
+    nfbs(ds, out=datalist)
+    subject = sorted(os.listdir(ds))[0]
+    image = os.path.join(ds, subject, f"sub-{subject}_ses-NFB3_T1w.nii.gz")
+    raw = Path(image).read_bytes()
+    Path(image).write_bytes(raw[: len(raw) // 2])
+    args = {"dataset_dir": ds, "datalist": datalist, "num_workers": "0", "patch_size": "[16,16,16]", "epochs": "1"}
+    proc = bundle_run(tmp_path, "training", "train.json", **args)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{image}: cannot be read as an image (" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "(set POCKET_DEBUG=1 for the traceback)"
+    assert not (tmp_path / "bundle" / "models" / "model.pt").exists()
+    debug = bundle_run(tmp_path, "training", "train.json", debug=True, **args)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "DataCheckError" in debug.stderr
+
+
+def test_missing_input_folder_at_inference_is_one_sentence(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no_such_folder")
+    proc = bundle_run(tmp_path, "inferring", "inference.json", dataset_dir=missing, output_dir=str(tmp_path / "out"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: {missing}: input folder does not exist." in proc.stderr
+
+
+def test_the_mark_is_found_through_monai_wrapping() -> None:
+    try:
+        try:
+            raise MissingInputError("x.nii.gz: file does not exist.")
+        except FileNotFoundError as inner:  # the ordinary type still catches it
+            raise RuntimeError("Failed to evaluate ConfigExpression") from inner
+    except RuntimeError as outer:
+        found = user_error_in(outer)
+    assert isinstance(found, UserError) and str(found) == "x.nii.gz: file does not exist."
+    assert user_error_in(RuntimeError("other")) is None
+    with pytest.raises(FileNotFoundError):
+        raise MissingInputError("y")
