@@ -150,7 +150,7 @@ def train_briefly(spec: Spec, root: Path, dataset_dir: str, datalist: str, epoch
     last = latest_checkpoint(str(root / "models"))
     if last is None:
         raise FileNotFoundError(f"the brief training in {root} wrote no checkpoint.")
-    torch.save(torch.load(last, map_location="cpu", weights_only=False)["model"], ckpt)
+    torch.save(torch.load(last, map_location="cpu", weights_only=True)["model"], ckpt)
     return ckpt
 
 

@@ -1,10 +1,15 @@
-"""Resuming an interrupted training: the newest checkpoint the resume ``CheckpointSaver`` wrote."""
+"""Checkpoints a kill cannot truncate, and resuming an interrupted training from the newest one."""
 
 from __future__ import annotations
 
 import glob
 import os
 import re
+from typing import Any
+
+from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
+
+__all__ = ["CheckpointSaver", "latest_checkpoint"]
 
 RESUME_PREFIX = "last"
 
@@ -18,3 +23,18 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = RESUME_PREFIX) -> str | None:
             found.append((int(m.group(1)), path))
     return max(found)[1] if found else None
 
+
+
+class CheckpointSaver(MonaiCheckpointSaver):
+    """MONAI's ``CheckpointSaver``, each file written atomically (a temporary file in the same folder, renamed).
+
+    MONAI's saver writes in place (``atomic=False``, to keep the file readable by the group): a training killed
+    during a write left a truncated ``model.pt`` or resume checkpoint under its real name, and the resume then
+    failed on it. ignite's atomic write also sets the group/others read bits, so nothing is lost by it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
