@@ -73,7 +73,7 @@ def test_standard_keys(bundle, config):
 def test_arch_and_pocket_switch_the_network(bundle):
     parser = _parser(bundle, "inference.json")
     pocket = count_parameters(parser.get_parsed_content("network_def", instantiate=True))
-    parser["pocket"] = not parser["pocket"]
+    parser["pocket"] = not parser.get_parsed_content("pocket")
     other = count_parameters(parser.get_parsed_content("network_def", instantiate=True, lazy=False))
     assert other != pocket
     assert max(other, pocket) > 10 * min(other, pocket)  # PocketNet: 10-100x fewer parameters

@@ -31,6 +31,7 @@ from torch import nn
 from common.datasets.nfbs import build_datalist as nfbs
 from common.datasets.nfbs import write_lookalike as write_nfbs
 from common.engines import ENGINES, load_engine
+from common.errors import user_error_in
 
 BUNDLE = "nfbs_brain_mri_segmentation"
 TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "init_filters": 16, "cache_rate": 1.0}
@@ -94,6 +95,30 @@ def test_inference_writes_masks_on_the_input_grid(data, trained, tmp_path):
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
         dices.append(2 * (p & m).sum() / (p.sum() + m.sum()))
     assert np.mean(dices) >= 0.8
+
+
+def test_the_model_is_used_as_trained_without_repeating_the_overrides(data, trained, tmp_path):
+    """Training saved its settings beside model.pt; inference with no override uses them, and evaluation too;
+    an override that contradicts them stops with one sentence before anything runs."""
+    models = trained["root"] / "models"
+    saved = read_json(models / "training_params.json")
+    assert saved == {"arch": "unet", "pocket": True, "init_filters": 16, "patch_size": [32, 32, 32], "depth": 3,
+                     "num_classes": 2, "in_channels": 1}
+    plain = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
+                         output_dir=str(tmp_path / "plain"))  # no --init_filters / --patch_size
+    assert plain.parser.get_parsed_content("init_filters") == 16
+    assert list(plain.parser.get_parsed_content("inferer").sliding.roi_size) == [32, 32, 32]
+    assert len(list((tmp_path / "plain").glob("*_seg.nii.gz"))) == 8
+    evaluation = run_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", trained["root"], **data,
+                              num_workers=0, output_dir=str(tmp_path / "eval"))
+    assert evaluation.parser.get_parsed_content("depth") == 3
+    with pytest.raises(Exception) as info:
+        run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
+                     output_dir=str(tmp_path / "wrong"), init_filters=32)
+    err = user_error_in(info.value)
+    assert str(err) == (f"{models / 'model.pt'} was trained with init_filters 16, this run asks 32 (drop the "
+                        "override, or train again with it).")
+    assert not (tmp_path / "wrong").exists()
 
 
 def test_interrupted_training_resumes_where_it_stopped(data, tmp_path):
