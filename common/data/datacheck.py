@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # and a folder holding one DICOM series
 AFFINE_TOL = 1e-3
 
 
@@ -71,6 +72,36 @@ def _is_nifti(path: str) -> bool:
     return path.lower().endswith(NIFTI_SUFFIXES)
 
 
+def _is_itk(path: str) -> bool:
+    return path.lower().endswith(ITK_SUFFIXES) or os.path.isdir(path)
+
+
+def _itk_image(path: str) -> Any:
+    """An ITK image of a NRRD/MetaImage file or of the DICOM series in a folder (as MONAI's ITKReader reads)."""
+    import itk
+
+    if os.path.isdir(path):
+        names = itk.GDCMSeriesFileNames.New(Directory=path).GetInputFileNames()
+        if not names:
+            raise ValueError("the folder holds no DICOM series")
+        return itk.imread(list(names))
+    return itk.imread(path)
+
+
+def _itk_info(path: str) -> _ImageInfo:
+    """Channels, spatial shape (x, y, z) and RAS affine of an ITK image, in nibabel's convention."""
+    img = _itk_image(path)
+    size = tuple(int(s) for s in img.GetLargestPossibleRegion().GetSize())
+    spacing = np.asarray(img.GetSpacing(), dtype=float)
+    direction = np.asarray(img.GetDirection(), dtype=float)
+    affine = np.eye(len(size) + 1)
+    affine[:-1, :-1] = direction * spacing
+    affine[:-1, -1] = np.asarray(img.GetOrigin(), dtype=float)
+    flip = np.diag([-1.0, -1.0] + [1.0] * (len(size) - 1))  # LPS (ITK) -> RAS (nibabel), like MONAI's ITKReader
+    affine = flip @ affine
+    return _ImageInfo(path, int(img.GetNumberOfComponentsPerPixel()), size[:3], affine, size)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 120 else text[:117] + "..."
@@ -102,13 +133,15 @@ def _read_header(path: str) -> _ImageInfo:
 
             with Image.open(path) as img:
                 return _ImageInfo(path, len(img.getbands()), tuple(img.size), None)
+        if _is_itk(path):
+            return _itk_info(path)
     except _Problem:
         raise
     except Exception as exc:  # any reader failure is a data problem to report, not a crash
         raise _Problem(f"{path}: cannot be read as an image ({_short(exc)}).") from exc
     raise _Problem(
-        f"{path}: cannot be read as an image (unsupported file type; expected NIfTI .nii/.nii.gz or "
-        f"{'/'.join(PIL_SUFFIXES)})."
+        f"{path}: cannot be read as an image (unsupported file type; expected NIfTI .nii/.nii.gz, "
+        f"{'/'.join(ITK_SUFFIXES)}, a DICOM series folder or {'/'.join(PIL_SUFFIXES)})."
     )
 
 
@@ -119,6 +152,10 @@ def _read_voxels(path: str) -> np.ndarray:
             import nibabel as nib
 
             return np.asanyarray(nib.load(path).dataobj)
+        if _is_itk(path):
+            import itk
+
+            return itk.array_from_image(_itk_image(path))  # a copy: a view dies with the image
         from PIL import Image
 
         with Image.open(path) as img:
@@ -196,7 +233,7 @@ def _check_entry(
     label_file = os.fspath(label) if isinstance(label, (str, os.PathLike)) else None
 
     for path in [*images, *([label_file] if label_file else [])]:
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not os.path.isdir(path):
             raise _Problem(f"{path}: file does not exist.")
 
     infos = [_read_header(p) for p in images]
@@ -280,10 +317,11 @@ def check_datalist(
     """Check every case of ``data`` (absolute paths, as from ``load_fold``); raise DataCheckError.
 
     Checks, stopping at the first problem of a case: files exist, images/labels open (NIfTI via
-    nibabel, PNG/JPEG via Pillow, headers only), channel count (a list of files = one channel each, a 4D
-    NIfTI = last dimension, 2D images = bands) is in ``image_channels`` (an int or allowed counts),
-    label and image share the spatial grid (shape, affine within 1e-3), and label values are a subset of
-    ``label_values`` (reads the label data; for classification an int label is checked directly).
+    nibabel, NRRD/MetaImage/a DICOM series folder via ITK as MONAI's ITKReader, PNG/JPEG via Pillow),
+    channel count (a list of files = one channel each, a 4D NIfTI = last dimension, 2D images = bands) is
+    in ``image_channels`` (an int or allowed counts), label and image share the spatial grid (shape,
+    affine within 1e-3), and label values are a subset of ``label_values`` (for classification an int
+    label is checked directly).
     With ``spatial_dims`` every file must be a 2D image or a 3D volume. With ``check_voxels`` (default) every
     image is read to its last voxel: a truncated ``.nii.gz``, NaN/Inf voxels or an all-constant image is a
     problem; an empty label only a warning.

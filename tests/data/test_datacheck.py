@@ -93,7 +93,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
     png = tmp_path / "bad.png"
     png.write_bytes(b"\x89PNG garbage")
     _one([{"image": str(png), "label": 1}], str(png), "cannot be read as an image")
-    other = tmp_path / "img.mha"
+    other = tmp_path / "img.xyz"
     other.write_bytes(b"x")
     _one([{"image": str(other)}], str(other), "unsupported file type")
     vol = _vol(tmp_path / "v.nii")
@@ -230,3 +230,50 @@ def test_empty_label_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     label = _seg(tmp_path / "s.nii", values=(0,))
     check_datalist([{"image": _vol(tmp_path / "v.nii"), "label": label}], label_values=[0, 1])
     assert f"{label}: the label is empty (no foreground voxel)." in caplog.text
+
+
+# ------------------------------------------------------------------ formats MONAI's ITK reader opens
+def _itk(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> str:
+    """``data`` indexed (x, y, z) like nibabel's, written with ITK (which stores (z, y, x))."""
+    import itk
+
+    img = itk.image_from_array(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    img.SetSpacing(list(spacing))
+    img.SetOrigin(list(origin))
+    itk.imwrite(img, str(path))
+    return str(path)
+
+
+def test_nrrd_mha_and_dicom_series(tmp_path: Path) -> None:
+    import itk
+
+    image = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE) % 50
+    label = np.resize(np.array([0, 1], np.uint8), SHAPE)
+    nrrd = {"image": _itk(tmp_path / "v.nrrd", image), "label": _itk(tmp_path / "s.nrrd", label)}
+    check_datalist([nrrd], image_channels=1, label_values=[0, 1], spatial_dims=3)
+    # NIfTI image, MetaImage label on the same grid: ITK's LPS is turned to nibabel's RAS, so they agree
+    affine = np.diag([-2.0, -1.0, 3.0, 1.0])
+    affine[:3, 3] = [5.0, 6.0, 7.0]
+    mixed = {"image": _nii(tmp_path / "v.nii.gz", image, affine),
+             "label": _itk(tmp_path / "s.mha", label, spacing=(2.0, 1.0, 3.0), origin=(-5.0, -6.0, 7.0))}
+    check_datalist([mixed], label_values=[0, 1])
+    moved = dict(mixed, label=_itk(tmp_path / "t.mha", label, spacing=(2.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0)))
+    [line] = _problems([moved], label_values=[0, 1])
+    assert line.startswith(f"{moved['label']}: label affine does not match its image ")
+    # a folder holding one DICOM series is one 3D image
+    series = tmp_path / "dicom"
+    series.mkdir()
+    img = itk.image_from_array(np.ascontiguousarray(image.transpose(2, 1, 0)))
+    names = [str(series / f"slice{i:03d}.dcm") for i in range(SHAPE[2])]
+    writer = itk.ImageSeriesWriter[itk.Image[itk.SS, 3], itk.Image[itk.SS, 2]].New(
+        Input=img, ImageIO=itk.GDCMImageIO.New(), FileNames=names)
+    writer.Update()
+    check_datalist([{"image": str(series)}], image_channels=1, spatial_dims=3)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    [line] = _problems([{"image": str(empty)}])
+    assert line == f"{empty}: cannot be read as an image (the folder holds no DICOM series)."
+    raw = Path(nrrd["image"]).read_bytes()
+    Path(nrrd["image"]).write_bytes(raw[: len(raw) - 100])
+    [line] = _problems([nrrd])
+    assert line.startswith(f"{nrrd['image']}: cannot be read as an image (")
