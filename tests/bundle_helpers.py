@@ -52,6 +52,17 @@ def run_workflow(
     return wf
 
 
+def nfbs_lookalike(root: Path, cases: int, size: int, seed: int = 0) -> dict:
+    """Look-alike NFBS volumes under ``root/data`` and their 5-fold data list: the bundle's ``dataset_dir`` and
+    ``datalist``."""
+    from common.datasets.nfbs import build_datalist, write_lookalike
+
+    dataset_dir = write_lookalike(str(Path(root) / "data"), cases=cases, seed=seed, size=size)
+    datalist = str(Path(root) / "nfbs.json")
+    build_datalist(dataset_dir, out=datalist)
+    return {"dataset_dir": dataset_dir, "datalist": datalist}
+
+
 def read_json(path: str | os.PathLike) -> dict:
     with open(path) as f:
         return json.load(f)

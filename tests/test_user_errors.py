@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from bundle_helpers import ROOT, bundle_dir
+from bundle_helpers import ROOT, bundle_dir, nfbs_lookalike
 
-from common.datasets.nfbs import build_datalist as nfbs
-from common.datasets.nfbs import write_lookalike as write_nfbs
 from common.errors import MissingInputError, UserError, user_error_in
 
 BUNDLE = "nfbs_brain_mri_segmentation"
@@ -30,9 +28,8 @@ def bundle_run(tmp_path: Path, workflow: str, config: str, debug: bool = False,
 
 
 def test_truncated_training_file_is_one_sentence_and_exit_status_1(tmp_path: Path) -> None:
-    ds = write_nfbs(str(tmp_path / "data"), cases=3, seed=0, size=24)
-    datalist = str(tmp_path / "nfbs.json")
-    nfbs(ds, out=datalist)
+    data = nfbs_lookalike(tmp_path, cases=3, size=24)
+    ds, datalist = data["dataset_dir"], data["datalist"]
     subject = sorted(os.listdir(ds))[0]
     image = os.path.join(ds, subject, f"sub-{subject}_ses-NFB3_T1w.nii.gz")
     raw = Path(image).read_bytes()

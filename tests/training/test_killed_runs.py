@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import ROOT, bundle_dir, run_workflow
+from bundle_helpers import ROOT, bundle_dir, nfbs_lookalike, run_workflow
 
-from common.datasets.nfbs import build_datalist as nfbs
-from common.datasets.nfbs import write_lookalike as write_nfbs
 from common.errors import InvalidInputError
 from common.training.lock import lock_checkpoint_dir
 
@@ -25,11 +23,7 @@ TINY = {"patch_size": "[16,16,16]", "num_workers": "0", "init_filters": "8", "ca
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nfbs_kill")
-    ds = write_nfbs(str(root / "data"), cases=6, seed=0, size=24)
-    datalist = str(root / "nfbs.json")
-    nfbs(ds, out=datalist)
-    return {"dataset_dir": ds, "datalist": datalist}
+    return nfbs_lookalike(tmp_path_factory.mktemp("nfbs_kill"), cases=6, size=24)
 
 
 def start_training(root: Path, data: dict, epochs: int) -> subprocess.Popen:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bundle_helpers import run_workflow
-
-from common.datasets.nfbs import build_datalist as nfbs
-from common.datasets.nfbs import write_lookalike as write_nfbs
+from bundle_helpers import nfbs_lookalike, run_workflow
 
 BUNDLE = "nfbs_brain_mri_segmentation"
 TINY = {"patch_size": [16, 16, 16], "num_workers": 0, "init_filters": 8, "cache_rate": 1.0, "num_samples": 2,
@@ -22,10 +19,7 @@ def train(root, data, seed: int) -> tuple[float, dict[str, torch.Tensor]]:
 
 
 def test_same_seed_same_metrics_and_weights(tmp_path):
-    ds = write_nfbs(str(tmp_path / "data"), cases=4, seed=0, size=24)
-    datalist = str(tmp_path / "nfbs.json")
-    nfbs(ds, out=datalist)
-    data = {"dataset_dir": ds, "datalist": datalist}
+    data = nfbs_lookalike(tmp_path, cases=4, size=24)
     first, w1 = train(tmp_path / "a", data, seed=7)
     again, w2 = train(tmp_path / "b", data, seed=7)
     other, w3 = train(tmp_path / "c", data, seed=8)
