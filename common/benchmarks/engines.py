@@ -172,6 +172,7 @@ def child(args: dict[str, Any]) -> None:
     wf.parser["data"] = f"{wf.parser['data']}[:{args['volumes']}]"
     wf.initialize()
     evaluator = wf.parser.get_parsed_content("evaluator")
+    stages = time_stages(evaluator, wf.parser.get_parsed_content("postprocessing"))
     times: list[float] = []
     shapes: list[list[int]] = []
     choices: list[str] = []
@@ -192,8 +193,31 @@ def child(args: dict[str, Any]) -> None:
 
     evaluator.run()
     result = {"startup_s": marks[0] - t0, "times": times, "shapes": shapes, "choices": choices,
-              "engine": getattr(evaluator.network, "engine", "") or "torch"}
+              "engine": getattr(evaluator.network, "engine", "") or "torch", "stages": stages}
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def time_stages(evaluator: Any, postprocessing: Any) -> dict[str, list[float]]:
+    """Seconds per volume of the inferer (network included) and of each post-processing transform, recorded
+    while the evaluator runs (what the marginal time is made of; the rest is loading and the engine's loop)."""
+    stages: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            stages.setdefault(name, []).append(time.perf_counter() - start)
+            return out
+
+        return call
+
+    inferer = evaluator.inferer
+    evaluator.inferer = type("TimedInferer", (), {"__call__": staticmethod(timed("inferer", inferer)),
+                                                  "last_choice": property(lambda _: inferer.last_choice)})()
+    postprocessing.transforms = [type(t.__class__.__name__, (), {"__call__": staticmethod(timed(t.__class__.__name__,
+                                                                                                 t))})()
+                                 for t in postprocessing.transforms]
+    return stages
 
 
 def in_child(function: str, **kwargs: Any) -> Any:
@@ -493,6 +517,12 @@ def render(name: str, width: str, spec: Spec, rows: dict[tuple[str, str], dict[s
             f"{row['peak_rss'] / 1024**3:.1f} | {'' if ref_time is None else f'{ref_time / marginal:.1f}'} | "
             f"{_fmt(gops, '.0f')} | {_fmt(100 * gops / limit if gops and limit else None, '.0f')} | "
             f"{'' if dice is None else f'{dice:.4f}'} | {used} |")
+    stage_lines = [f"- {config} {window}: " + ", ".join(f"{name} {np.mean(t[1:] or t):.2f}"
+                                                         for name, t in row["stages"].items())
+                   for (config, window), row in rows.items() if row["status"] == "ok" and row.get("stages")]
+    if stage_lines:
+        lines += ["", "Marginal seconds per stage (inferer = network and windowing; the rest of the marginal time is "
+                  "loading, collation and the engine's own loop):", *stage_lines]
     if record and "scores" in record:
         lines.append(f"\nengine chosen by `pocket engines` ({record.get('cases_scored', '?')} validation cases): "
                      f"{record['chosen']}; "
