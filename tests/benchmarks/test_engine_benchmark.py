@@ -60,3 +60,8 @@ def test_quick_benchmark_prints_a_row_per_configuration(tmp_path) -> None:
     # with a measured memory per voxel and a volume this small the budgeted rows pass whole volumes
     assert rows["openvino_int8", "budget"][10] == "whole" and rows["torch_eager", "sliding"][10] == "sliding"
     assert re.search(r"INT8 model: \d+ convolutions run in int8", table)
+    # where the marginal time goes: the inferer and each post-processing transform of the bundle, per row
+    stages = re.findall(r"^- (\w+) (sliding|budget): inferer ([\d.]+), (.*)$", table, flags=re.M)
+    assert {(s[0], s[1]) for s in stages} == set(rows), table
+    for *_, inferer, rest in stages:
+        assert float(inferer) > 0 and "AsDiscreted" in rest and "SaveImaged" in rest
