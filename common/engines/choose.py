@@ -54,7 +54,7 @@ def _fold_data(split: str, cases: int) -> str:
 def _evaluation(configs: list[str], bundle_root: Path, engine: str, data: str | None,
                 **override: Any) -> ConfigWorkflow:
     """The bundle's evaluation workflow, reduced to what scoring needs: checkpoint loading and the key metric."""
-    loader = {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'",
+    loader = {"_target_": "common.training.checkpoints.CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'",
               "load_dict": {"model": "@network"}, "map_location": "@device"}
     # torch is the fp32 reference: no bf16 autocast even where the bundle's "auto" would use it. No data-loader
     # worker processes: this process holds OpenVINO/NNCF state, and forking it crashed it once (exit -11)

@@ -7,9 +7,12 @@ import os
 import re
 from typing import Any
 
+from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-__all__ = ["CheckpointSaver", "latest_checkpoint"]
+from common.errors import InvalidInputError
+
+__all__ = ["CheckpointLoader", "CheckpointSaver", "latest_checkpoint"]
 
 RESUME_PREFIX = "last"
 
@@ -38,3 +41,24 @@ class CheckpointSaver(MonaiCheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+
+
+class CheckpointLoader(MonaiCheckpointLoader):
+    """MONAI's ``CheckpointLoader``; a checkpoint that does not fit the config's network is one sentence.
+
+    ``load_state_dict`` reports a wrong width or depth as a page of "size mismatch" / "Missing key" lines inside
+    a traceback; the user needs to know which file and which setting to look at.
+    """
+
+    def __call__(self, engine: Any) -> None:
+        try:
+            super().__call__(engine)
+        except RuntimeError as err:
+            text = str(err)
+            if "size mismatch" not in text and "Missing key" not in text and "Unexpected key" not in text:
+                raise
+            detail = next((ln.strip() for ln in text.splitlines() if "size mismatch" in ln), "")
+            detail = re.sub(r"\s+", " ", detail.split(":", 1)[-1].strip()) if detail else "its layers differ"
+            raise InvalidInputError(f"{self.load_path}: the checkpoint does not fit this config's network "
+                                    f"({detail[:200].rstrip('.')}); were arch, pocket, widths and depth the same as "
+                                    "in training?") from err

@@ -121,6 +121,20 @@ def test_the_model_is_used_as_trained_without_repeating_the_overrides(data, trai
     assert not (tmp_path / "wrong").exists()
 
 
+def test_a_checkpoint_that_does_not_fit_the_network_is_one_sentence(data, trained, tmp_path):
+    """Without the saved settings (a model from elsewhere), a wrong width reaches the user as one sentence."""
+    root = tmp_path / "bundle"
+    shutil.copytree(trained["root"] / "models", root / "models")
+    (root / "models" / "training_params.json").unlink()
+    with pytest.raises(Exception) as info:
+        run_workflow(BUNDLE, ["inference.json"], "infer", root, dataset_dir=data["dataset_dir"],
+                     output_dir=str(tmp_path / "out"), patch_size=[32, 32, 32], init_filters=32, engine="torch")
+    sentence = str(user_error_in(info.value))
+    assert sentence.startswith(f"{root / 'models' / 'model.pt'}: the checkpoint does not fit this config's network (")
+    assert "size mismatch" not in sentence and "torch.Size([16" in sentence, sentence
+    assert sentence.endswith("were arch, pocket, widths and depth the same as in training?"), sentence
+
+
 def test_interrupted_training_resumes_where_it_stopped(data, tmp_path):
     run_workflow(BUNDLE, ["train.json"], "train", tmp_path, **data, **TINY, epochs=1, val_interval=1)
     wf = run_workflow(BUNDLE, ["train.json"], "train", tmp_path, **data, **TINY, epochs=2, val_interval=1)
