@@ -111,7 +111,8 @@ def resize_nifti(path: Path, shape: tuple[int, ...]) -> None:
 
 def prepare_data(spec: Spec, root: Path, cases: int) -> tuple[str, str]:
     """Look-alike data of ``spec`` at its real size, and a 5-fold data list; cached in ``root``."""
-    from common.datasets import build_datalist, write_lookalike
+    from common.data.datalists import save_datalist
+    from common.datasets import build_datalist, get_dataset, write_lookalike
 
     stamp = root / "data.json"
     datalist = root / "datalist.json"
@@ -123,7 +124,16 @@ def prepare_data(spec: Spec, root: Path, cases: int) -> tuple[str, str]:
         for path in sorted(Path(root / "data").rglob("*.nii*")):
             if not path.name.startswith("._"):
                 resize_nifti(path, spec.shape)
-    build_datalist(spec.dataset, dataset_dir, out=str(datalist))
+    module = get_dataset(spec.dataset)
+    if module.COMMITTED_LIST is None:
+        build_datalist(spec.dataset, dataset_dir, out=str(datalist))
+    else:  # LiTS, BraTS: the release's list, cut to the cases written, folds dealt round so each has some
+        full = module.build_datalist()
+        written = [e for e in full["training"]
+                   if all(Path(dataset_dir, f).exists() for f in ([e["image"]] if isinstance(e["image"], str)
+                                                                  else e["image"]))]
+        full["training"] = [{**e, "fold": i % 5} for i, e in enumerate(written)]
+        save_datalist(full, datalist)
     stamp.write_text(json.dumps({"wanted": wanted, "dataset_dir": dataset_dir}))
     return dataset_dir, str(datalist)
 
