@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common.benchmarks.engines import agreement, engine_benchmark, run_child, windows_processed
+from common.benchmarks.engines import (
+    SPECS,
+    agreement,
+    engine_benchmark,
+    prepare_data,
+    quick_spec,
+    run_child,
+    windows_processed,
+)
 
 
 def test_window_count_follows_monai_sliding_window() -> None:
@@ -65,3 +75,14 @@ def test_quick_benchmark_prints_a_row_per_configuration(tmp_path) -> None:
     assert {(s[0], s[1]) for s in stages} == set(rows), table
     for *_, inferer, rest in stages:
         assert float(inferer) > 0 and "AsDiscreted" in rest and "SaveImaged" in rest
+
+
+def test_release_list_datasets_get_a_list_of_the_cases_written(tmp_path) -> None:
+    """BraTS and LiTS lists are the release's: cut to the look-alike cases written, every fold with one."""
+    for name in ("brats", "lits"):
+        dataset_dir, datalist = prepare_data(quick_spec(SPECS[name]), tmp_path / name, cases=6)
+        entries = json.loads(Path(datalist).read_text())["training"]
+        assert len(entries) == 6 and sorted({e["fold"] for e in entries}) == [0, 1, 2, 3, 4]
+        for e in entries:
+            files = [e["image"]] if isinstance(e["image"], str) else e["image"]
+            assert all((Path(dataset_dir) / f).is_file() for f in [*files, e["label"]])
