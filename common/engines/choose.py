@@ -24,6 +24,7 @@ from common.engines.measure import bytes_per_voxel
 from common.engines.quantize import CalibrationRecorder, quantize_openvino, quantized_operations
 from common.engines.record import ENGINES, EXPORT_FILES, file_sha256, write_record
 from common.engines.runtime import OnnxRuntimeNetwork, OpenVINONetwork
+from common.errors import InvalidInputError, MissingInputError
 
 __all__ = ["choose_engine", "engines"]
 
@@ -124,7 +125,10 @@ def engines(
     ckpt_dir = Path(wf.parser.get_parsed_content("ckpt_dir"))
     ckpt = ckpt_dir / "model.pt"
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt} does not exist: train the bundle first.")
+        raise MissingInputError(f"{ckpt} does not exist: train the bundle first.")
+    if not_finite := non_finite_weights(ckpt):
+        raise InvalidInputError(f"{ckpt} holds {not_finite} NaN or infinite weights (the training diverged): "
+                                "nothing is exported.")
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     torch_net = evaluator.network
     recorder = CalibrationRecorder(torch_net, max_samples=calibration_samples)
@@ -182,6 +186,16 @@ def engines(
     record["chosen"] = choose_engine(scores, tolerance)
     write_record(ckpt_dir, record)
     return render(record, ckpt_dir)
+
+
+def non_finite_weights(ckpt: Path) -> int:
+    """Number of NaN/inf values in a checkpoint's floating-point tensors (``{key: state_dict}`` or a state dict)."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    return sum(int((~torch.isfinite(v)).sum()) for v in state.values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def _engine_net(engine: str, ckpt_dir: Path, cpu_threads: int | str) -> Any:

@@ -118,3 +118,19 @@ def test_an_undefined_metric_never_wins() -> None:
     assert choose_engine({"torch": {"metric": 0.9, "seconds_per_case": 9.0},
                           "openvino_int8": {"metric": nan, "seconds_per_case": 1.0},
                           "openvino": {"metric": 0.9, "seconds_per_case": 2.0}}, 0.005) == "openvino"
+
+
+def test_non_finite_weights_are_counted(tmp_path) -> None:
+    """pocket engines refuses a diverged model (NaN weights) before exporting it: the count it checks."""
+    import torch
+
+    from common.engines.choose import non_finite_weights
+
+    net = torch.nn.Conv3d(1, 2, 3)
+    torch.save({"model": net.state_dict()}, tmp_path / "ok.pt")
+    with torch.no_grad():
+        net.weight[0, 0, 0, 0, :2] = float("nan")
+        net.bias[1] = float("inf")
+    torch.save(net.state_dict(), tmp_path / "diverged.pt")
+    assert non_finite_weights(tmp_path / "ok.pt") == 0
+    assert non_finite_weights(tmp_path / "diverged.pt") == 3
