@@ -99,9 +99,9 @@ def openvino_core() -> Any:
     """The process's one OpenVINO ``Core``, kept for the life of the process.
 
     A temporary ``Core()`` per model lets the CPU plugin library be unloaded when the last model compiled with it
-    is garbage-collected; whatever the plugin left behind (thread-local state of its thread pool) then points into
-    unmapped code, and the process crashes later in an unrelated place (seen as a segfault in a torch run after
-    OpenVINO runs in the same process). One Core keeps the plugin loaded.
+    is garbage-collected, and what the plugin left behind (thread-local state of its thread pool) may then point
+    into unmapped code: the likely cause of the segfaults seen later in torch runs of the same process (with one
+    Core the whole test suite runs in one process again; before, it crashed). One Core keeps the plugin loaded.
     """
     global _core
     if _core is None:
