@@ -64,3 +64,49 @@ def test_the_mark_is_found_through_monai_wrapping() -> None:
     assert user_error_in(RuntimeError("other")) is None
     with pytest.raises(FileNotFoundError):
         raise MissingInputError("y")
+
+
+def test_one_bad_image_among_good_ones_is_skipped_and_the_run_fails_at_the_end(tmp_path: Path) -> None:
+    """Inference predicts every readable image, names each bad one in a sentence, ends with a summary and exit
+    status 1, and prints no traceback; every file it wrote is complete."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from common.networks import get_network
+    from common.training.params import save_training_params
+
+    params = {"arch": "unet", "pocket": True, "init_filters": 4, "patch_size": [16, 16, 16], "depth": 2,
+              "num_classes": 2, "in_channels": 1}
+    models = tmp_path / "bundle" / "models"
+    models.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = get_network("unet", spatial_dims=3, in_channels=1, out_channels=2, init_filters=4, depth=2, pocket=True)
+    torch.save(net.state_dict(), models / "model.pt")
+    save_training_params(models, params)
+
+    ds = nfbs_lookalike(tmp_path, cases=4, size=20)["dataset_dir"]
+    subjects = sorted(os.listdir(ds))
+    image = {s: os.path.join(ds, s, f"sub-{s}_ses-NFB3_T1w.nii.gz") for s in subjects}
+    truncated, with_nan = image[subjects[1]], image[subjects[2]]
+    raw = Path(truncated).read_bytes()
+    Path(truncated).write_bytes(raw[: len(raw) // 2])
+    img = nib.load(with_nan)
+    voxels = np.asarray(img.dataobj).astype(np.float32)
+    voxels[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(voxels, img.affine), with_nan)
+
+    out = tmp_path / "out"
+    proc = bundle_run(tmp_path, "inferring", "inference.json", dataset_dir=ds, output_dir=str(out), engine="torch")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert f"skipped: {truncated}: cannot be read as an image (" in log
+    assert f"skipped: {with_nan}: image has 1 NaN or infinite voxel." in log
+    assert proc.stderr.strip().splitlines()[-2] == (
+        f"error: 2 of 4 images could not be used and have no prediction ({truncated}, {with_nan}; each reason is "
+        "logged above); the other 2 were predicted.")
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"sub-{s}_ses-NFB3_T1w_seg.nii.gz" for s in (subjects[0], subjects[3])), written
+    for s in (subjects[0], subjects[3]):  # complete files on the input grid
+        assert nib.load(out / f"sub-{s}_ses-NFB3_T1w_seg.nii.gz").get_fdata().shape == nib.load(image[s]).shape

@@ -27,13 +27,15 @@ import numpy as np
 
 from common.errors import InvalidInputError
 
-__all__ = ["DataCheckError", "assert_valid", "check_datalist", "datacheck"]
+__all__ = ["DataCheckError", "assert_valid", "check_datalist", "check_spatial_dims", "check_voxel_values", "datacheck",
+           "short_reason"]
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # and a folder holding one DICOM series
+DICOM_SUFFIXES = (".dcm", ".dicom")  # one 2D radiograph per file (pydicom)
 AFFINE_TOL = 1e-3
 
 
@@ -46,8 +48,8 @@ class DataCheckError(InvalidInputError):
         self.num_cases = num_cases
 
 
-class _Problem(Exception):
-    """Internal: the first problem of one case (a complete sentence)."""
+class _Problem(InvalidInputError):
+    """The first problem of one case (a complete sentence); collected by :func:`check_datalist`."""
 
 
 class _ImageInfo:
@@ -61,10 +63,6 @@ class _ImageInfo:
         self.affine = affine
         self.shape = shape or spatial
 
-    @property
-    def spatial_dims(self) -> int:
-        """2 for a single slice (also a NIfTI whose third axis has one voxel), 3 for a volume."""
-        return 3 if len(self.spatial) >= 3 and self.spatial[2] > 1 else 2
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -102,7 +100,8 @@ def _itk_info(path: str) -> _ImageInfo:
     return _ImageInfo(path, int(img.GetNumberOfComponentsPerPixel()), size[:3], affine, size)
 
 
-def _short(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 120 characters (for a sentence about a file)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 120 else text[:117] + "..."
 
@@ -128,6 +127,11 @@ def _read_header(path: str) -> _ImageInfo:
                     )
             channels = int(np.prod(shape[3:])) if len(shape) > 3 else 1
             return _ImageInfo(path, channels, shape[:3], np.asarray(img.affine, dtype=float), shape)
+        if lower.endswith(DICOM_SUFFIXES):  # a single-file DICOM radiograph (a 3D series is a folder)
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return _ImageInfo(path, int(getattr(ds, "SamplesPerPixel", 1)), (int(ds.Columns), int(ds.Rows)), None)
         if lower.endswith(PIL_SUFFIXES):
             from PIL import Image
 
@@ -138,10 +142,11 @@ def _read_header(path: str) -> _ImageInfo:
     except _Problem:
         raise
     except Exception as exc:  # any reader failure is a data problem to report, not a crash
-        raise _Problem(f"{path}: cannot be read as an image ({_short(exc)}).") from exc
+        raise _Problem(f"{path}: cannot be read as an image ({short_reason(exc)}).") from exc
     raise _Problem(
         f"{path}: cannot be read as an image (unsupported file type; expected NIfTI .nii/.nii.gz, "
-        f"{'/'.join(ITK_SUFFIXES)}, a DICOM series folder or {'/'.join(PIL_SUFFIXES)})."
+        f"{'/'.join(ITK_SUFFIXES)}, a DICOM series folder, a {'/'.join(DICOM_SUFFIXES)} radiograph or "
+        f"{'/'.join(PIL_SUFFIXES)})."
     )
 
 
@@ -156,23 +161,39 @@ def _read_voxels(path: str) -> np.ndarray:
             import itk
 
             return itk.array_from_image(_itk_image(path))  # a copy: a view dies with the image
+        if path.lower().endswith(DICOM_SUFFIXES):
+            from common.data.radiograph_reader import read_dicom_radiograph
+
+            return read_dicom_radiograph(path)
         from PIL import Image
 
         with Image.open(path) as img:
             return np.asarray(img)
     except Exception as exc:
-        raise _Problem(f"{path}: cannot be read as an image ({_short(exc)}).") from exc
+        raise _Problem(f"{path}: cannot be read as an image ({short_reason(exc)}).") from exc
 
 
 def _check_image_voxels(path: str) -> None:
     """NaN/Inf voxels and an all-constant image are problems (a failed conversion or an empty export)."""
-    data = _read_voxels(path)
+    check_voxel_values(path, _read_voxels(path))
+
+
+def check_voxel_values(path: str, data: np.ndarray) -> None:
+    """Raise ``InvalidInputError`` (a sentence naming ``path``) for NaN/Inf voxels or an all-constant image."""
     if data.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             raise _Problem(f"{path}: image has {bad} NaN or infinite voxel{'s' if bad != 1 else ''}.")
     if data.size and data.min() == data.max():
         raise _Problem(f"{path}: image is constant (every voxel is {_fmt_values([data.flat[0]])[1:-1]}).")
+
+
+def check_spatial_dims(path: str, spatial: Sequence[int], needed: int, shape: Sequence[int] = ()) -> None:
+    """Raise ``InvalidInputError`` unless the image is ``needed``-D; a volume of one slice counts as 2D."""
+    dims = 3 if len(spatial) >= 3 and spatial[2] > 1 else 2
+    if dims != needed:
+        raise _Problem(f"{path}: image is {dims}D (shape {tuple(shape) or tuple(spatial)}), this bundle needs "
+                       f"{needed}D images.")
 
 
 def _unique_values(data: np.ndarray) -> np.ndarray:
@@ -240,9 +261,7 @@ def _check_entry(
     label_info = _read_header(label_file) if label_file else None
     if spatial_dims is not None:
         for info in [*infos, *([label_info] if label_info else [])]:
-            if info.spatial_dims != spatial_dims:
-                raise _Problem(f"{info.path}: image is {info.spatial_dims}D (shape {info.shape}), this bundle "
-                               f"needs {spatial_dims}D images.")
+            check_spatial_dims(info.path, info.spatial, spatial_dims, info.shape)
 
     if image_channels is not None:
         channels = sum(i.channels for i in infos)
