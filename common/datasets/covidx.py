@@ -4,6 +4,7 @@
   grouped by patient.
 - :func:`write_lookalike`: a small synthetic COVIDx in the real layout (PA chest films, positives with
   bilateral lower-zone opacities; mixed PNG/JPEG, grey/RGB and sizes; the 4-field split files).
+- :func:`write_dicom_film`: a look-alike film as a modality's DICOM export (12-bit, VOI window, MONOCHROME1 or 2).
 - :func:`to_grey`: COVIDx mixes grey and RGB PNG/JPEG files, so the loader converts every image to one
   grey channel (a ``PILReader`` converter).
 - :class:`PredictionCSV`: MONAI's stock ``CSVSaver`` writes bare numbers without a header, which a reader
@@ -34,6 +35,7 @@ from scipy import ndimage
 
 from common.data.datalists import NUM_FOLDS, SEED, assign_group_folds, datalist_header, dataset_root, finish_datalist
 from common.data.synthetic import blob, case_ids, case_rng, smooth_noise
+from common.errors import InvalidInputError, MissingInputError
 
 __all__ = [
     "CLASS_NAMES",
@@ -44,6 +46,7 @@ __all__ = [
     "build_datalist",
     "prediction_rows",
     "to_grey",
+    "write_dicom_film",
     "write_lookalike",
 ]
 
@@ -61,7 +64,7 @@ GREY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
 def _read_split(path: Path) -> list[tuple[str, str, int]]:
     """Parse a COVIDx8B split file into (patient_id, image_filename, label) rows."""
     if not path.is_file():
-        raise FileNotFoundError(f"COVIDx split file {path} does not exist.")
+        raise MissingInputError(f"COVIDx split file {path} does not exist.")
     rows = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -69,7 +72,7 @@ def _read_split(path: Path) -> list[tuple[str, str, int]]:
                 continue
             fields = line.rsplit(maxsplit=3)
             if len(fields) != 4 or fields[2] not in SPLIT_LABELS:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path}, line {lineno}: expected '<patient_id> <image_filename> <positive|negative> "
                     f"<source>', got {line.strip()!r}."
                 )
@@ -221,6 +224,46 @@ def write_lookalike(out: str, cases: int = 20, seed: int = 0, size: int = 256) -
         with open(os.path.join(out, f"{split}_COVIDx8B.txt"), "w") as f:
             f.write("".join(r + "\n" for r in rows))
     return out
+
+
+def write_dicom_film(grey: np.ndarray, path: str, monochrome1: bool = False, window: tuple[float, float] | None = None,
+                     slope: float = 1.0, intercept: float = 0.0) -> str:
+    """Write a grey film (uint8, rows x columns) as a digital X-ray DICOM file; return ``path``.
+
+    Stored values are 12-bit detector-like units (``8 * grey + 600``) with a VOI window that displays the
+    film's whole range; ``monochrome1`` stores them inverted (high = black), as many radiography systems do.
+    A ``grey`` array that is not uint8 is written as the stored values themselves, with the ``window`` and
+    rescale given (to test a reader).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if grey.dtype == np.uint8:
+        stored = grey.astype(np.int64) * 8 + 600
+        window = window or (600 + 8 * 127.5, 8 * 256.0)
+    else:
+        stored = np.asarray(grey, dtype=np.int64)
+    if monochrome1:
+        stored = 4095 - stored
+        window = (4095 - window[0], window[1]) if window else None
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, write_like_original=False)
+    return path
 
 
 # ------------------------------------------------------------------------------- loading and saving

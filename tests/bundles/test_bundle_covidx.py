@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from bundle_helpers import (
     ROOT,
@@ -147,6 +149,29 @@ def test_inference_writes_a_prediction_csv_for_a_folder(data, trained, tmp_path)
     _check_probabilities(rows)
     accuracy = sum(int(r["predicted_class"]) == labels[os.path.basename(r["filename"])] for r in rows) / len(rows)
     assert accuracy >= 0.8  # chance is 0.5 on the balanced look-alike test split
+
+
+def test_a_dicom_export_of_a_film_gets_the_prediction_of_its_png(data, trained, tmp_path):
+    """The same film as PNG, as a MONOCHROME2 and as a MONOCHROME1 DICOM (12-bit, VOI window): one probability."""
+    from common.datasets.covidx import to_grey, write_dicom_film
+
+    films = tmp_path / "films"
+    (films / "test").mkdir(parents=True)
+    sources = sorted((Path(data["dataset_dir"]) / "test").iterdir())[:2]
+    for src in sources:
+        grey = np.asarray(to_grey(Image.open(src)))
+        Image.fromarray(grey).save(films / "test" / f"{src.stem}.png")
+        write_dicom_film(grey, str(films / "test" / f"{src.stem}_mono2.dcm"))
+        write_dicom_film(grey, str(films / "test" / f"{src.stem}_mono1.DCM"), monochrome1=True)
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(films), output_dir=str(out),
+                 engine="torch", **TINY)
+    rows = {os.path.basename(r["filename"]): float(r["probability_positive"]) for r in _rows(out / "predictions.csv")}
+    assert len(rows) == 6
+    for src in sources:
+        png = rows[f"{src.stem}.png"]
+        for kind in ("mono2.dcm", "mono1.DCM"):
+            assert abs(rows[f"{src.stem}_{kind}"] - png) < 0.01, (src.stem, kind, rows)
 
 
 def test_interrupted_training_resumes_where_it_stopped(data, trained, tmp_path):
