@@ -263,3 +263,53 @@ def assert_fp32_engines_agree(preds: dict, floor: float = 0.999) -> None:
         assert preds[engine].keys() == preds["torch"].keys(), engine
         for name, torch_map in preds["torch"].items():
             assert agreement(preds[engine][name], torch_map) >= floor, (engine, name)
+
+
+# ------------------------------------------------------------------------------------------------- formats
+def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike, scale: float = 1000.0) -> str:
+    """The volume of a NIfTI file as an MR DICOM series in ``folder`` (one file per axial slice, int16 values of
+    ``voxels * scale / max``, the geometry in LPS patient coordinates), as a scanner export would hold it."""
+    import nibabel as nib
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    img = nib.load(nifti_file)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    values = np.round(data * scale / max(float(np.abs(data).max()), 1e-12)).astype(np.int16)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    cols, rows = lps[:3, 0], lps[:3, 1]  # DICOM columns advance along the array's i axis, rows along j
+    spacing_c, spacing_r = float(np.linalg.norm(cols)), float(np.linalg.norm(rows))
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(data.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID = "MR", "lookalike"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImagePositionPatient = [float(v) for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]
+        ds.ImageOrientationPatient = [float(v) for v in (*cols / spacing_c, *rows / spacing_r)]
+        ds.PixelSpacing = [spacing_r, spacing_c]
+        ds.SliceThickness = float(np.linalg.norm(lps[:3, 2]))
+        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(values[:, :, k].T).tobytes()
+        ds.save_as(str(folder / f"IM{k + 1:04d}.dcm"), write_like_original=False)
+    return str(folder)
+
+
+def write_itk_copy(nifti_file: str | os.PathLike, out_file: str | os.PathLike) -> str:
+    """The NIfTI file rewritten by ITK in the format of ``out_file``'s suffix (NRRD, MHA, ...), geometry kept."""
+    import itk
+
+    itk.imwrite(itk.imread(str(nifti_file)), str(out_file))
+    return str(out_file)

@@ -172,12 +172,12 @@ def load_fold(
         if split != "all":
             num_folds = int(datalist.get("num_folds", NUM_FOLDS))
             if not 0 <= int(fold) < num_folds:
-                raise ValueError(
+                raise InvalidInputError(
                     f"fold must be in 0..{num_folds - 1} for split {split!r} of {datalist_file}; got {fold}."
                 )
             for e in entries:
                 if "fold" not in e:
-                    raise ValueError(f"{datalist_file}: training entry {e!r} has no 'fold' key.")
+                    raise InvalidInputError(f"{datalist_file}: training entry {e!r} has no 'fold' key.")
             keep = (lambda k: k != fold) if split == "train" else (lambda k: k == fold)
             entries = [e for e in entries if keep(int(e["fold"]))]
     root = os.path.abspath(os.path.expanduser(dataset_dir))
@@ -191,15 +191,19 @@ def load_fold(
     return result
 
 
-def find_images(dataset_dir: str, pattern: str) -> list[dict]:
+def find_images(dataset_dir: str, pattern: str | Sequence[str]) -> list[dict]:
     """``[{"image": path}, ...]`` for the files matching ``pattern`` under ``dataset_dir`` (inference input).
 
-    The inference configs' data list when there is no data-list file: every matching image, sorted,
-    macOS ``._`` junk files skipped.
+    The inference configs' data list when there is no data-list file: every file (or DICOM series folder)
+    matching the glob pattern, or any of a list of them (one per file format), sorted, macOS ``._`` junk
+    files skipped.
     """
     if not os.path.isdir(dataset_dir):
         raise MissingInputError(f"{dataset_dir}: input folder does not exist.")
-    files = sorted(f for f in glob.glob(os.path.join(dataset_dir, pattern)) if not os.path.basename(f).startswith("._"))
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    found = {f for p in patterns for f in glob.glob(os.path.join(dataset_dir, p))}
+    files = sorted(f for f in found if not os.path.basename(f).startswith("._"))
     if not files:
-        raise MissingInputError(f"{dataset_dir}: no input image matches {pattern!r}.")
+        shown = repr(patterns[0]) if len(patterns) == 1 else "any of " + ", ".join(map(repr, patterns))
+        raise MissingInputError(f"{dataset_dir}: no input image matches {shown}.")
     return [{"image": f} for f in files]

@@ -48,6 +48,7 @@ from common.data.synthetic import (
     save_nifti,
     smooth_noise,
 )
+from common.errors import InvalidInputError, MissingInputError
 
 __all__ = [
     "BRATS_CHANNELS",
@@ -173,7 +174,7 @@ def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48, ids
     else:
         numbers = [int(n) for n in ([ids] if isinstance(ids, int) else ids)]
         if not numbers or len(set(numbers)) != len(numbers) or min(numbers) < 0:
-            raise ValueError(f"ids must be distinct non-negative case numbers, got {ids}")
+            raise InvalidInputError(f"ids must be distinct non-negative case numbers, got {ids}")
     root = os.path.join(out, "MICCAI_BraTS2020_TrainingData")
     os.makedirs(root, exist_ok=True)
     rows = []
@@ -198,26 +199,31 @@ def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48, ids
 
 # ------------------------------------------------------------------------------------ inference input
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd")  # what MONAI's LoadImage reads (ITK)
 SKIPPED_FOLDERS = ("__MACOSX",)
 
 
 def _channel_file(folder: str, channel: str) -> str:
-    """The one ``*_<channel>.nii[.gz]`` (or BraTS 2023 ``*-<channel>``) file of ``folder``, else an error."""
+    """The one ``*_<channel>`` (or BraTS 2023 ``*-<channel>``) image of ``folder``, else an error.
+
+    The image is a NIfTI, NRRD or MetaImage file (``IMAGE_SUFFIXES``) or a sub-folder holding a DICOM series.
+    """
+    pattern = os.path.join(glob.escape(folder), f"*[_-]{channel}")
     found = sorted(
         path
-        for suffix in NIFTI_SUFFIXES
-        for path in glob.glob(os.path.join(glob.escape(folder), f"*[_-]{channel}{suffix}"))
+        for suffix in IMAGE_SUFFIXES
+        for path in glob.glob(pattern + suffix)
         if not os.path.basename(path).startswith("._")
-    )
+    ) + sorted(path for path in glob.glob(pattern) if os.path.isdir(path))
     if not found:
         name = os.path.basename(os.path.normpath(folder))
-        raise FileNotFoundError(
-            f"{folder}: case folder has no {channel} image (expected a file named like {name}_{channel}.nii "
-            f"or {name}_{channel}.nii.gz)."
+        raise MissingInputError(
+            f"{folder}: case folder has no {channel} image (expected a file named like {name}_{channel}.nii.gz, "
+            f"with another image suffix ({', '.join(IMAGE_SUFFIXES[1:])}) or a DICOM series folder {name}_{channel})."
         )
     if len(found) > 1:
         names = ", ".join(os.path.basename(p) for p in found)
-        raise FileNotFoundError(f"{folder}: case folder has more than one {channel} image ({names}).")
+        raise MissingInputError(f"{folder}: case folder has more than one {channel} image ({names}).")
     return found[0]
 
 
@@ -233,7 +239,7 @@ def find_cases(
     folder missing a channel raises ``FileNotFoundError`` naming the folder and the file it lacks.
     """
     if not os.path.isdir(dataset_dir):
-        raise FileNotFoundError(f"{dataset_dir}: input folder does not exist.")
+        raise MissingInputError(f"{dataset_dir}: input folder does not exist.")
     folders = sorted(
         path
         for path in glob.glob(os.path.join(glob.escape(dataset_dir), case_pattern))
@@ -241,7 +247,7 @@ def find_cases(
         and os.path.basename(path) not in SKIPPED_FOLDERS
     )
     if not folders:
-        raise FileNotFoundError(f"{dataset_dir}: no case folder matches {case_pattern!r}.")
+        raise MissingInputError(f"{dataset_dir}: no case folder matches {case_pattern!r}.")
     return [{"image": [_channel_file(folder, channel) for channel in channels]} for folder in folders]
 
 
@@ -260,7 +266,7 @@ def case_name_formatter(metadict: Mapping[str, Any], saver: Any = None) -> dict[
     if folder and base.startswith((folder + "_", folder + "-")):
         subject = folder
     else:
-        subject = next((base[: -len(s)] for s in NIFTI_SUFFIXES if base.endswith(s)), base)
+        subject = next((base[: -len(s)] for s in IMAGE_SUFFIXES if base.endswith(s)), base)
     return {"subject": subject, "idx": metadict.get("patch_index")}
 
 
@@ -324,7 +330,7 @@ def _label_file(folder: str, channel_files: Sequence[str]) -> str | None:
     )
     if len(others) > 1:
         names = ", ".join(os.path.basename(p) for p in others)
-        raise FileNotFoundError(f"{folder}: case folder has more than one candidate mask ({names}).")
+        raise MissingInputError(f"{folder}: case folder has more than one candidate mask ({names}).")
     return others[0] if others else None
 
 

@@ -35,6 +35,7 @@ from common.data.synthetic import (
     smooth_noise,
     to_int16,
 )
+from common.errors import MissingInputError
 
 __all__ = ["COMMITTED_LIST", "build_datalist", "write_lookalike"]
 
@@ -48,7 +49,7 @@ def build_datalist(dataset_dir: str, out: str | None = None) -> dict:
     root = dataset_root(dataset_dir, "NFBS_Dataset")
     subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subjects:
-        raise FileNotFoundError(f"NFBS_Dataset folder {root} contains no subject folders.")
+        raise MissingInputError(f"NFBS_Dataset folder {root} contains no subject folders.")
     training = []
     folds = assign_folds(subjects)
     for sid in subjects:
@@ -56,7 +57,7 @@ def build_datalist(dataset_dir: str, out: str | None = None) -> dict:
         label = f"sub-{sid}_ses-NFB3_T1w_brainmask.nii.gz"
         for fname in (image, label):
             if not (root / sid / fname).is_file():
-                raise FileNotFoundError(f"NFBS subject folder {root / sid} is missing the file {fname}.")
+                raise MissingInputError(f"NFBS subject folder {root / sid} is missing the file {fname}.")
         training.append({"image": f"{sid}/{image}", "label": f"{sid}/{label}", "fold": folds[sid]})
     datalist = datalist_header(
         "NFBS",

@@ -24,6 +24,7 @@ from bundle_helpers import (
     read_per_case,
     run_engines,
     run_workflow,
+    write_itk_copy,
 )
 from monai.bundle import ConfigParser
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
@@ -189,6 +190,29 @@ def test_inference_input_names_the_case_folder_and_the_missing_file(data, tmp_pa
         find_cases(str(ds))
     message = str(info.value)
     assert str(ds / "BraTS20_Training_001") in message and "BraTS20_Training_001_t1ce.nii" in message
+
+
+def test_nrrd_and_mha_cases_get_the_masks_of_the_nifti_case(data, trained, tmp_path):
+    """A case folder whose four channels are NRRD (another MHA) is found and predicted as its NIfTI files are."""
+    case = "BraTS20_Training_004"
+    inputs = tmp_path / "in"
+    for suffix in (".nrrd", ".mha"):
+        folder = inputs / f"{case}{suffix[1:]}"
+        folder.mkdir(parents=True)
+        for channel in ("t1", "t1ce", "t2", "flair"):
+            write_itk_copy(os.path.join(data["dataset_dir"], case, f"{case}_{channel}.nii"),
+                           folder / f"{folder.name}_{channel}{suffix}")
+    shutil.copytree(os.path.join(data["dataset_dir"], case), inputs / case)
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(inputs), output_dir=str(out),
+                 engine="torch")
+    reference = nib.load(out / f"{case}_seg.nii.gz")
+    t1 = nib.load(os.path.join(data["dataset_dir"], case, f"{case}_t1.nii"))
+    assert reference.shape == t1.shape and np.asarray(reference.dataobj).any()
+    for kind in ("nrrd", "mha"):
+        pred = nib.load(out / f"{case}{kind}_seg.nii.gz")
+        np.testing.assert_allclose(pred.affine, t1.affine, atol=1e-3, err_msg=kind)
+        np.testing.assert_array_equal(np.asarray(pred.dataobj), np.asarray(reference.dataobj), err_msg=kind)
 
 
 def test_stacked_4d_file_is_read_like_the_four_files(data, tmp_path):

@@ -25,6 +25,8 @@ from bundle_helpers import (
     read_json,
     run_engines,
     run_workflow,
+    write_dicom_series,
+    write_itk_copy,
 )
 from torch import nn
 
@@ -97,13 +99,79 @@ def test_inference_writes_masks_on_the_input_grid(data, trained, tmp_path):
     assert np.mean(dices) >= 0.8
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_nrrd_mha_and_dicom_series_get_the_masks_of_the_nifti(data, trained, tmp_path):
+    """The same T1 as NIfTI, NRRD, MHA and a DICOM series folder: each mask lands on the input's grid and matches
+    the NIfTI one (the DICOM series holds int16 values, so a few voxels may differ)."""
+    subject = sorted(os.listdir(data["dataset_dir"]))[0]
+    src = os.path.join(data["dataset_dir"], subject, f"sub-{subject}_ses-NFB3_T1w.nii.gz")
+    inputs = tmp_path / "in"
+    names = {}
+    for fmt, suffix in (("nii", ".nii.gz"), ("nrrd", ".nrrd"), ("mha", ".mha"), ("dcm", "")):
+        sid = f"{subject}{fmt}"
+        target = inputs / sid / f"sub-{sid}_ses-NFB3_T1w{suffix}"
+        target.parent.mkdir(parents=True)
+        if fmt == "nii":
+            shutil.copy(src, target)
+        elif fmt == "dcm":
+            write_dicom_series(src, target)
+        else:
+            write_itk_copy(src, target)
+        names[fmt] = f"sub-{sid}_ses-NFB3_T1w_seg.nii.gz"
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(inputs), output_dir=str(out),
+                 engine="torch")
+    image = nib.load(src)
+    masks = {}
+    for fmt, name in names.items():
+        pred = nib.load(out / name)
+        assert pred.shape == image.shape, fmt
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-3, err_msg=fmt)
+        masks[fmt] = np.asarray(pred.dataobj) > 0
+    assert masks["nii"].sum() > 0
+    for fmt in ("nrrd", "mha"):
+        np.testing.assert_array_equal(masks[fmt], masks["nii"], err_msg=fmt)
+    assert _dice(masks["dcm"], masks["nii"]) >= 0.99
+
+
+def test_an_anisotropic_volume_is_predicted_at_1mm_and_written_on_its_own_grid(data, trained, tmp_path):
+    """A 2 x 2 x 3 mm copy of a case: the network sees it at the training spacing (1 mm), the mask comes back on the
+    coarse grid."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    subject = sorted(os.listdir(data["dataset_dir"]))[1]
+    folder = os.path.join(data["dataset_dir"], subject)
+    coarse = {}
+    for kind, mode in (("T1w", "bilinear"), ("T1w_brainmask", "nearest")):
+        img = nib.load(os.path.join(folder, f"sub-{subject}_ses-NFB3_{kind}.nii.gz"))
+        volume = MetaTensor(np.asarray(img.dataobj, np.float32)[None], affine=img.affine)
+        resampled = Spacing(pixdim=(2.0, 2.0, 3.0), mode=mode)(volume)
+        coarse[kind] = nib.Nifti1Image(np.asarray(resampled[0]), np.asarray(resampled.affine))
+    inputs = tmp_path / "in" / subject
+    inputs.mkdir(parents=True)
+    nib.save(coarse["T1w"], inputs / f"sub-{subject}_ses-NFB3_T1w.nii.gz")
+    out = tmp_path / "pred"
+    wf = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(inputs.parent),
+                      output_dir=str(out), engine="torch")
+    seen = wf.parser.get_parsed_content("preprocessing")({"image": str(inputs / f"sub-{subject}_ses-NFB3_T1w.nii.gz")})
+    np.testing.assert_allclose(seen["image"].pixdim, [1.0, 1.0, 1.0], atol=1e-4)
+    pred = nib.load(out / f"sub-{subject}_ses-NFB3_T1w_seg.nii.gz")
+    assert pred.shape == coarse["T1w"].shape
+    np.testing.assert_allclose(pred.affine, coarse["T1w"].affine, atol=1e-4)
+    assert _dice(np.asarray(pred.dataobj) > 0, np.asarray(coarse["T1w_brainmask"].dataobj) > 0) >= 0.75
+
+
 def test_the_model_is_used_as_trained_without_repeating_the_overrides(data, trained, tmp_path):
     """Training saved its settings beside model.pt; inference with no override uses them, and evaluation too;
     an override that contradicts them stops with one sentence before anything runs."""
     models = trained["root"] / "models"
     saved = read_json(models / "training_params.json")
     assert saved == {"arch": "unet", "pocket": True, "init_filters": 16, "patch_size": [32, 32, 32], "depth": 3,
-                     "num_classes": 2, "in_channels": 1}
+                     "num_classes": 2, "in_channels": 1, "spacing": [1.0, 1.0, 1.0]}
     plain = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
                          output_dir=str(tmp_path / "plain"))  # no --init_filters / --patch_size
     assert plain.parser.get_parsed_content("init_filters") == 16
