@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 VARIANTS = {
     "": (["train.json", "evaluate.json"], ["inference.json"]),
     "slab": (["train.json", "evaluate.json", "evaluate_slab.json"], ["inference.json", "inference_slab.json"]),
+    # the cascade's stage 2 (full resolution, image + stage-1 guidance, models/cascade); stage 1 sees a few per
+    # cent of the voxels and stays on torch
+    "cascade": (["train.json", "evaluate.json", "evaluate_cascade.json"],
+                ["inference.json", "inference_cascade.json"]),
 }
 
 
@@ -43,7 +47,7 @@ def resolve_bundle(bundle: str) -> Path:
     if not path.is_dir():
         path = BUNDLES_DIR / bundle
     if not (path / "configs" / "inference.json").is_file():
-        raise FileNotFoundError(f"{bundle} is not a bundle folder (no configs/inference.json in it).")
+        raise MissingInputError(f"{bundle} is not a bundle folder (no configs/inference.json in it).")
     return path
 
 
@@ -101,7 +105,8 @@ def engines(
         dataset_dir: the dataset the model was trained on (as given to training).
         datalist: its data list (default: the bundle's).
         fold: the fold trained on (its training cases calibrate, its validation cases score).
-        variant: ``""`` (the bundle's network) or ``"slab"`` (the slab-wise model in ``models/slab``).
+        variant: ``""`` (the bundle's network), ``"slab"`` (the slab-wise model in ``models/slab``) or
+            ``"cascade"`` (the cascade's stage 2 in ``models/cascade``, scored on stage 1's guidance).
         bundle_root: where ``models/`` is (default: the bundle folder).
         calibration_cases: training-fold cases the INT8 calibration inputs are drawn from.
         calibration_samples: calibration inputs kept (windows, slices or images, drawn at random).
@@ -111,7 +116,7 @@ def engines(
         override: config overrides the model was trained with (``--arch``, ``--pocket``, ``--init_filters`` ...).
     """
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
+        raise InvalidInputError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
     bundle_dir = resolve_bundle(bundle)
     root = Path(bundle_root) if bundle_root else bundle_dir
     cfg = bundle_dir / "configs"

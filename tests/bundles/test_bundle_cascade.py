@@ -197,21 +197,25 @@ def test_inference_writes_one_mask_per_volume_on_its_grid(lits_data, lits_traine
     assert np.mean(dices) >= 0.7, dices
 
 
-def test_slab_wise_model_runs_with_the_engines_and_agrees_with_torch(lits_data, lits_trained, tmp_path):
-    """``pocket engines --variant slab`` exports models/slab; inference_slab.json runs it through each fp32 engine."""
+@pytest.mark.parametrize("variant", ["slab", "cascade"])
+def test_slab_and_cascade_models_run_with_the_engines_and_agree_with_torch(lits_data, lits_trained, tmp_path,
+                                                                           variant):
+    """``pocket engines --variant slab|cascade`` exports models/slab or the cascade's stage 2 (models/cascade);
+    inference_slab.json / inference_cascade.json run it through each fp32 engine."""
     from common.engines.choose import engines
 
     root = tmp_path / "bundle"
     shutil.copytree(lits_trained["root"] / "models", root / "models")
-    engines(str(lits_trained["root"]), lits_data["dataset_dir"], lits_data["datalist"], variant="slab",
+    engines(str(lits_trained["root"]), lits_data["dataset_dir"], lits_data["datalist"], variant=variant,
             bundle_root=str(root), **ENGINE_SETTINGS, **TINY)
-    record = read_json(root / "models" / "slab" / "engine.json")
-    assert record["variant"] == "slab" and not (root / "models" / "engine.json").exists()
+    record = read_json(root / "models" / variant / "engine.json")
+    assert record["variant"] == variant and not (root / "models" / "engine.json").exists()
     assert record["input_shape"][-1] == 16  # the network was exported on 16-voxel slabs
+    assert record["input_shape"][1] == (2 if variant == "cascade" else 1)  # CT (+ the liver guidance)
     maps = {}
     for engine in ("torch", "openvino", "onnxruntime"):
         out = tmp_path / engine
-        wf = run_workflow(LITS, ["inference.json", "inference_slab.json"], "infer", root,
+        wf = run_workflow(LITS, ["inference.json", f"inference_{variant}.json"], "infer", root,
                           configs_dir=lits_trained["configs"], dataset_dir=lits_data["dataset_dir"],
                           output_dir=str(out), engine=engine, **TINY)
         assert engine_used(wf) == engine
