@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.errors import InvalidInputError
 from common.inference.lowres_slices import head_stages
 from common.networks import count_parameters, get_network
 
@@ -55,7 +56,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int], rule: str = "forwar
     The input is created on the device of the model's parameters; the model's train/eval mode is restored.
     """
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+        raise InvalidInputError(f"rule must be one of {RULES}, got {rule!r}.")
     param = next(model.parameters(), None)
     x = torch.zeros(1, *input_shape, device=param.device if param is not None else torch.device("cpu"))
     was_training = model.training
@@ -235,7 +236,7 @@ def complexity(table: str = "all", num_classes: int = 1, sizes: int | Sequence[i
     ``"all"`` (both, parameters first).
     """
     if table not in TABLES:
-        raise ValueError(f"table must be one of {TABLES}, got {table!r}.")
+        raise InvalidInputError(f"table must be one of {TABLES}, got {table!r}.")
     parts = []
     if table in ("params", "all"):
         parts.append(parameter_table())

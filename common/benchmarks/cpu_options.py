@@ -23,6 +23,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common import BUNDLES_DIR
+from common.errors import InvalidInputError
 
 BUNDLES = BUNDLES_DIR
 DEFAULT_SHAPES = {
@@ -87,7 +88,7 @@ def cpu_options(bundles: Any = None, option: str = "channels_last", shape: Any =
          threads: int = 1) -> None:
     """A/B one CPU speed option (channels_last or bf16) on each bundle's own network; prints a table."""
     if option not in ("channels_last", "bf16"):
-        raise ValueError(f"option must be 'channels_last' or 'bf16', got {option!r}.")
+        raise InvalidInputError(f"option must be 'channels_last' or 'bf16', got {option!r}.")
     names = [b for b in str(bundles).replace(" ", "").split(",") if b] if bundles else list(DEFAULT_SHAPES)
     if shape is not None:
         shape = tuple(int(s) for s in (shape if isinstance(shape, (list, tuple)) else str(shape).split(",")))
@@ -98,7 +99,7 @@ def cpu_options(bundles: Any = None, option: str = "channels_last", shape: Any =
     for b in names:
         s = shape or DEFAULT_SHAPES.get(b)
         if s is None:
-            raise ValueError(f"no default input shape for {b}; pass --shape N,C,...")
+            raise InvalidInputError(f"no default input shape for {b}; pass --shape N,C,...")
         r = ab(b, s, option, pairs)
         for mode in ("train", "infer"):
             m = r[mode]

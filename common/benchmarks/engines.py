@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from common import BUNDLES_DIR
+from common.errors import InvalidInputError
 
 __all__ = ["CONFIGS", "SPECS", "engine_benchmark"]
 
@@ -451,7 +452,7 @@ def engine_benchmark(
                            (window_names, WINDOWS)):
         bad = [g for g in group if g not in allowed]
         if bad:
-            raise ValueError(f"unknown {bad}: choose from {', '.join(allowed)}.")
+            raise InvalidInputError(f"unknown {bad}: choose from {', '.join(allowed)}.")
     cap = (max_rss_gb * 1024**3) if max_rss_gb else 0.8 * psutil.virtual_memory().total
     work = Path(work_dir).resolve()
     peak = in_child("peaks", threads=threads)

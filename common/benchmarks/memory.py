@@ -48,6 +48,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import InvalidInputError
+
 GB = 1e9  # decimal GB, as the study (max_memory_allocated() / 1e9)
 METHODS = ("whole", "slab", "cascade")
 WIDTHS = ("full", "pocket")
@@ -301,9 +303,9 @@ def memory(
     """
     methods, widths = _names(methods), _names(widths)
     if not set(methods) <= set(METHODS) or not set(widths) <= set(WIDTHS):
-        raise ValueError(f"methods must come from {METHODS} and widths from {WIDTHS}.")
+        raise InvalidInputError(f"methods must come from {METHODS} and widths from {WIDTHS}.")
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+        raise InvalidInputError(f"device must be auto, cpu or cuda, got {device!r}.")
     grad = grad or backward
     if device == "auto":
         import torch

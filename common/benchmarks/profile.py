@@ -41,6 +41,7 @@ from typing import Any
 import fire
 import torch
 
+from common.errors import InvalidInputError
 from common.networks import POCKETNET_ARCHS
 from common.training import cpu as perf
 
@@ -90,7 +91,7 @@ def _as_shape(value: Any) -> tuple[int, int, int] | None:
     if len(dims) == 1:
         dims = dims * 3
     if len(dims) != 3:
-        raise ValueError(f"a 3D size needs 1 or 3 integers, got {value!r}.")
+        raise InvalidInputError(f"a 3D size needs 1 or 3 integers, got {value!r}.")
     return tuple(dims)  # type: ignore[return-value]
 
 
@@ -302,7 +303,7 @@ def profile(
     archs_l = _as_list(archs) or list(preset["archs"])
     for a in archs_l:
         if a not in SEGMENTERS:
-            raise ValueError(f"Unknown arch {a!r}; valid: {', '.join(SEGMENTERS)}.")
+            raise InvalidInputError(f"Unknown arch {a!r}; valid: {', '.join(SEGMENTERS)}.")
     variants_l = _as_list(variants)
     if not variants_l or any(v not in VARIANTS for v in variants_l):
         raise ValueError(f"variants must be a comma list of {VARIANTS}, got {variants!r}.")

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import InvalidInputError, MissingInputError
+
 __all__ = ["KEYS", "check", "compute", "fingerprint", "foreground_values", "ras_spacing", "replace_block", "write"]
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ def foreground_values(image_path: str, label_path: str, slab: int = SLAB) -> np.
     # keep_file_open: a .nii.gz is then decompressed once, front to back, instead of from the start per slab
     image, label = nib.load(image_path, keep_file_open=True), nib.load(label_path, keep_file_open=True)
     if tuple(image.shape[:3]) != tuple(label.shape[:3]):
-        raise ValueError(f"{label_path}: label grid {label.shape[:3]} does not match its image {image.shape[:3]}.")
+        raise InvalidInputError(f"{label_path}: label grid {label.shape[:3]} does not match its image "
+                                f"{image.shape[:3]}.")
     depth = image.shape[2]
     parts = []
     for z0 in range(0, depth, slab):
@@ -115,22 +118,23 @@ def compute(
     from common.data.datalists import load_fold
 
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}.")
+        raise InvalidInputError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}.")
     cases = load_fold(datalist, dataset_dir, fold, "train")
     if not cases:
-        raise ValueError(f"{datalist}: fold {fold} leaves no training cases to measure.")
+        raise InvalidInputError(f"{datalist}: fold {fold} leaves no training cases to measure.")
     rng = np.random.default_rng(seed)
     spacings, samples, moments = [], [], []
     for i, case in enumerate(cases):
         image = case["image"]
         if not isinstance(image, str):
-            raise ValueError(f"case {i} of {datalist}: the fingerprint needs one image file per case, got {image!r}.")
+            raise InvalidInputError(f"case {i} of {datalist}: the fingerprint needs one image file per case, got "
+                                    f"{image!r}.")
         spacing = ras_spacing(nib.load(image).affine)
         spacings.append(spacing)
         line = f"[fingerprint] {i + 1}/{len(cases)} {os.path.basename(image)} spacing={np.round(spacing, 3).tolist()}"
         if modality == "ct":
             if "label" not in case:
-                raise ValueError(f"{image}: case has no label; the CT fingerprint needs the foreground.")
+                raise InvalidInputError(f"{image}: case has no label; the CT fingerprint needs the foreground.")
             values = foreground_values(image, case["label"])
             count = int(values.size)
             if count:
@@ -152,7 +156,7 @@ def compute(
     if modality == "ct":
         pooled = np.concatenate(samples)
         if pooled.size == 0:
-            raise ValueError(f"{datalist}: no training case of fold {fold} has foreground (label > 0) voxels.")
+            raise InvalidInputError(f"{datalist}: no training case of fold {fold} has foreground (label > 0) voxels.")
         n, mean, m2 = _combine(moments)
         lo, hi = np.percentile(pooled, [0.5, 99.5])
         std = float(np.sqrt(m2 / n))
@@ -225,7 +229,7 @@ def write(bundle_dir: str, block: dict[str, Any]) -> list[str]:
     """Write ``block`` into every ``configs/*.json`` of ``bundle_dir`` that has a top-level ``fingerprint``."""
     configs = Path(bundle_dir) / "configs"
     if not configs.is_dir():
-        raise FileNotFoundError(f"{configs}: bundle configs folder does not exist.")
+        raise MissingInputError(f"{configs}: bundle configs folder does not exist.")
     written = []
     for path in sorted(configs.glob("*.json")):
         text = path.read_text(encoding="utf-8")

@@ -23,6 +23,7 @@ from types import ModuleType
 from common import REPO_ROOT
 from common.data.datalists import format_datalist, save_datalist
 from common.datasets import brats, covidx, lits, nfbs, prostate
+from common.errors import InvalidInputError
 
 __all__ = ["DATASETS", "build_datalist", "get_dataset", "write_all", "write_lookalike"]
 
@@ -41,7 +42,7 @@ def get_dataset(name: str, extra: tuple[str, ...] = ()) -> ModuleType:
     """The module of dataset ``name``, or a one-sentence error listing the valid names (and ``extra``)."""
     if name not in DATASETS:
         valid = ", ".join(sorted([*DATASETS, *extra]))
-        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}.")
+        raise InvalidInputError(f"unknown dataset {name!r}; valid names: {valid}.")
     return DATASETS[name]
 
 
@@ -62,7 +63,7 @@ def write_lookalike(
     module = get_dataset(dataset)
     options = {key: value for key, value in (("cases", cases), ("size", size), ("ids", ids)) if value is not None}
     if ids is not None and module is not brats:
-        raise ValueError(f"ids (case numbers) apply to the brats look-alike only, not to {dataset}.")
+        raise InvalidInputError(f"ids (case numbers) apply to the brats look-alike only, not to {dataset}.")
     return module.write_lookalike(out, seed=seed, **options)
 
 
@@ -92,19 +93,21 @@ def build_datalist(
     """
     if dataset == ALL:
         if dataset_dir is not None or suffix is not None:
-            raise ValueError("'all' writes the committed LiTS and BraTS lists and takes no dataset_dir or suffix.")
+            raise InvalidInputError("'all' writes the committed LiTS and BraTS lists and takes no dataset_dir or "
+                                    "suffix.")
         return "wrote " + ", ".join(write_all(out))
     module = get_dataset(dataset, extra=(ALL,))
     if module.COMMITTED_LIST is not None:
         if dataset_dir is not None:
-            raise ValueError(f"the {dataset} list is fixed by the release's file names and takes no dataset_dir.")
+            raise InvalidInputError(f"the {dataset} list is fixed by the release's file names and takes no "
+                                    "dataset_dir.")
         datalist = module.build_datalist(out=out, **({} if suffix is None else {"suffix": suffix}))
     else:
         if dataset_dir is None:
-            raise ValueError(f"the {dataset} list is read from your download: pass its folder as dataset_dir.")
+            raise InvalidInputError(f"the {dataset} list is read from your download: pass its folder as dataset_dir.")
         if suffix is not None:
-            raise ValueError(f"suffix applies to the lits and brats lists only; the {dataset} list takes its names "
-                             "from the download.")
+            raise InvalidInputError(f"suffix applies to the lits and brats lists only; the {dataset} list takes its "
+                                    "names from the download.")
         datalist = module.build_datalist(dataset_dir, out=out)
     if out is None:
         return format_datalist(datalist).rstrip("\n")

@@ -28,6 +28,7 @@ from common.data.synthetic import (
     save_nifti,
     smooth_noise,
 )
+from common.errors import InvalidInputError, MissingInputError
 
 __all__ = ["COMMITTED_LIST", "build_datalist", "write_lookalike"]
 
@@ -56,12 +57,12 @@ def build_datalist(dataset_dir: str, out: str | None = None) -> dict:
     root = dataset_root(dataset_dir, "MSD task")
     src_file = root / "dataset.json"
     if not src_file.is_file():
-        raise FileNotFoundError(f"MSD task folder {root} has no dataset.json.")
+        raise MissingInputError(f"MSD task folder {root} has no dataset.json.")
     src = json.loads(src_file.read_text(encoding="utf-8"))
     training = []
     for i, item in enumerate(src.get("training", [])):
         if not isinstance(item, dict) or "image" not in item:
-            raise ValueError(f"{src_file}: training entry {i} is not an object with an 'image' path.")
+            raise InvalidInputError(f"{src_file}: training entry {i} is not an object with an 'image' path.")
         entry = {k: _norm_rel(v) if isinstance(v, str) else v for k, v in item.items()}
         if any(isinstance(v, str) and _is_junk(v) for v in entry.values()):
             continue
@@ -73,7 +74,7 @@ def build_datalist(dataset_dir: str, out: str | None = None) -> dict:
     for item in src.get("test", src.get("testing", [])):
         image = item if isinstance(item, str) else item.get("image")
         if not isinstance(image, str):
-            raise ValueError(f"{src_file}: test entry {item!r} has no image path.")
+            raise InvalidInputError(f"{src_file}: test entry {item!r} has no image path.")
         if not _is_junk(image):
             testing.append({"image": _norm_rel(image)})
     datalist = {key: src[key] for key in ("name", "description") if key in src}

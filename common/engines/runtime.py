@@ -26,6 +26,7 @@ from monai.utils import convert_to_numpy
 from torch import nn
 
 from common.engines.record import ENGINES, EXPORT_FILES, file_sha256, read_record
+from common.errors import InvalidInputError
 from common.training.cpu import auto_threads
 
 __all__ = ["EngineNetwork", "OnnxRuntimeNetwork", "OpenVINONetwork", "engine_unavailable", "is_fresh", "load_engine",
@@ -188,7 +189,7 @@ def load_engine(network: nn.Module, ckpt_dir: str | Path, engine: str = "auto", 
         device: the bundle's device; on a GPU the network runs with torch.
     """
     if engine != "auto" and engine not in ENGINES:
-        raise ValueError(f"engine must be 'auto' or one of {', '.join(ENGINES)}, got {engine!r}.")
+        raise InvalidInputError(f"engine must be 'auto' or one of {', '.join(ENGINES)}, got {engine!r}.")
     if torch.device(device or "cpu").type != "cpu":
         if engine not in ("auto", "torch"):
             logger.info("engine %s runs on the CPU only; the network runs with torch on %s.", engine, device)

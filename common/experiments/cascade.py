@@ -31,6 +31,7 @@ from monai.bundle import ConfigWorkflow
 from common import REPO_ROOT as ROOT
 from common.data.datalists import assign_folds, save_datalist
 from common.datasets import brats, lits
+from common.errors import InvalidInputError
 from common.networks import count_parameters
 
 BUNDLES = {"lits": "lits_liver_ct_segmentation", "brats": "brats_tumor_mri_segmentation"}
@@ -79,7 +80,7 @@ def make_data(task: str, out: Path, cases: int, size: int, seed: int) -> dict[st
         ]
         labels = {"0": "background", "1": "necrotic/non-enhancing", "2": "oedema", "4": "enhancing"}
     else:
-        raise ValueError(f"task must be one of {sorted(BUNDLES)}, got {task!r}.")
+        raise InvalidInputError(f"task must be one of {sorted(BUNDLES)}, got {task!r}.")
     folds = assign_folds(range(len(entries)))
     for i, e in enumerate(entries):
         e["fold"] = folds[i]
@@ -107,7 +108,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """Train + evaluate whole / slab / cascade with one budget; print a Markdown table; return its rows."""
     if task not in BUNDLES:
-        raise ValueError(f"task must be one of {sorted(BUNDLES)}, got {task!r}.")
+        raise InvalidInputError(f"task must be one of {sorted(BUNDLES)}, got {task!r}.")
     work = Path(out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

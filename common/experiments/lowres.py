@@ -33,6 +33,7 @@ from monai.bundle import ConfigWorkflow
 
 from common import BUNDLES_DIR
 from common.datasets import prostate
+from common.errors import InvalidInputError
 from common.networks import count_parameters
 
 __all__ = ["BUDGETS", "BUNDLE_DIR", "make_data", "run_variant", "run", "format_table"]
@@ -218,7 +219,7 @@ def run(
     The table is also written to ``out/results.md``.
     """
     if quick and tiny:
-        raise ValueError("choose at most one of --quick and --tiny.")
+        raise InvalidInputError("choose at most one of --quick and --tiny.")
     budget = dict(BUDGETS["tiny" if tiny else "quick" if quick else "full"])
     given = {"cases": cases, "data_size": data_size, "folds": folds, "image_size": image_size,
              "features": features, "epochs": epochs, "batch_size": batch_size, "num_samples": num_samples,
@@ -235,7 +236,7 @@ def run(
     results = []
     for size in [int(s) for s in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]:
         if size % 16:
-            raise ValueError(f"input size {size} is not a multiple of 16 (ELU-Net pools 4 times).")
+            raise InvalidInputError(f"input size {size} is not a multiple of 16 (ELU-Net pools 4 times).")
         for fold in budget["folds"]:
             for variant in VARIANTS:
                 root = out_dir / "runs" / f"fold{fold}" / f"{size}_{variant}"

@@ -49,7 +49,7 @@ from monai.transforms import MapTransform, NormalizeIntensity, Zoom
 from monai.utils import convert_to_dst_type
 from torch import nn
 
-from common.errors import MissingInputError
+from common.errors import InvalidInputError, MissingInputError
 from common.inference.slabs import SlabInferer
 
 __all__ = [
@@ -73,7 +73,8 @@ _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 def _factors(factor: Factor, spatial_dims: int) -> tuple[float, ...]:
     f = (float(factor),) * spatial_dims if isinstance(factor, (int, float)) else tuple(float(v) for v in factor)
     if len(f) != spatial_dims or not all(0 < v <= 1 for v in f):
-        raise ValueError(f"factor must be in (0, 1], one value or one per spatial axis ({spatial_dims}); got {factor}.")
+        raise InvalidInputError(f"factor must be in (0, 1], one value or one per spatial axis ({spatial_dims}); got "
+                                f"{factor}.")
     return f
 
 
@@ -109,7 +110,7 @@ def upsample_guidance(
     """
     num_classes = lowres_onehot.shape[1]
     if num_classes < 2:
-        raise ValueError(f"guidance needs background + at least one class, got {num_classes} channel(s).")
+        raise InvalidInputError(f"guidance needs background + at least one class, got {num_classes} channel(s).")
 
     def up(k: int) -> torch.Tensor:
         return _interpolate(lowres_onehot[:, k : k + 1].float(), spatial_size)

@@ -27,6 +27,8 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import Resize
 
+from common.errors import InvalidInputError
+
 __all__ = ["gt_side", "head_stages", "highest_scale", "input_resizer", "LowResSliceInferer"]
 
 
@@ -37,7 +39,7 @@ def gt_side(image_size: int, input_size: int) -> int:
     than ``image_size`` keeps its own size (no head stage).
     """
     if input_size < 1 or image_size < 1:
-        raise ValueError(f"sizes must be positive, got image_size={image_size}, input_size={input_size}.")
+        raise InvalidInputError(f"sizes must be positive, got image_size={image_size}, input_size={input_size}.")
     stages = max(0, int(math.floor(math.log2(image_size / input_size) + 1e-9)))
     return int(input_size * 2**stages)
 

@@ -19,6 +19,8 @@ from monai.config import KeysCollection
 from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform
 from monai.transforms.utils_morphological_ops import dilate, erode
 
+from common.errors import InvalidInputError
+
 STRATEGIES = ("none", "largest_component", "morphological")
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def apply_strategy(labels: torch.Tensor, strategy: str) -> torch.Tensor:
     Multi-channel input (C > 1) is treated as independent binary regions (e.g. BraTS TC/WT/ET).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown post-processing strategy {strategy!r}; valid: {', '.join(STRATEGIES)}.")
+        raise InvalidInputError(f"Unknown post-processing strategy {strategy!r}; valid: {', '.join(STRATEGIES)}.")
     if strategy == "none":
         return labels
     fn = _largest if strategy == "largest_component" else _morphological
@@ -64,7 +66,7 @@ class ApplyPostprocessingd(MapTransform):
     def __init__(self, keys: KeysCollection, strategy: str = "none", output_keys: KeysCollection | None = None):
         super().__init__(keys)
         if strategy not in STRATEGIES:
-            raise ValueError(f"Unknown post-processing strategy {strategy!r}; valid: {', '.join(STRATEGIES)}.")
+            raise InvalidInputError(f"Unknown post-processing strategy {strategy!r}; valid: {', '.join(STRATEGIES)}.")
         self.strategy = strategy
         self.output_keys = self.keys if output_keys is None else tuple(
             [output_keys] if isinstance(output_keys, str) else output_keys
@@ -84,7 +86,8 @@ def read_strategy(path: str, default: str = "none") -> str:
     with open(path) as f:
         strategy = json.load(f)["strategy"]
     if strategy not in STRATEGIES:
-        raise ValueError(f"{path}: unknown post-processing strategy {strategy!r}; valid: {', '.join(STRATEGIES)}.")
+        raise InvalidInputError(f"{path}: unknown post-processing strategy {strategy!r}; valid: "
+                                f"{', '.join(STRATEGIES)}.")
     return strategy
 
 
@@ -99,7 +102,8 @@ class PostprocessingSelector:
     def __init__(self, metric_names: Mapping[str, str], output_file: str):
         unknown = set(metric_names) - set(STRATEGIES)
         if unknown:
-            raise ValueError(f"Unknown post-processing strategies {sorted(unknown)}; valid: {', '.join(STRATEGIES)}.")
+            raise InvalidInputError(f"Unknown post-processing strategies {sorted(unknown)}; valid: "
+                                    f"{', '.join(STRATEGIES)}.")
         self.metric_names = dict(metric_names)
         self.output_file = output_file
 

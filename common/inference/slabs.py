@@ -40,6 +40,8 @@ from monai.inferers.merger import AvgMerger, Merger
 from monai.transforms import Compose, DivisiblePadd, RandCropByPosNegLabeld, SpatialPadd
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from common.errors import InvalidInputError
+
 __all__ = [
     "RandSlabd",
     "SlabInferer",
@@ -53,7 +55,7 @@ __all__ = [
 def spatial_axis(axis: int, spatial_dims: int) -> int:
     """``axis`` (negative counts from the last spatial axis) as an index into the spatial axes."""
     if not -spatial_dims <= axis < spatial_dims:
-        raise ValueError(f"axis {axis} is not a spatial axis of a {spatial_dims}D volume.")
+        raise InvalidInputError(f"axis {axis} is not a spatial axis of a {spatial_dims}D volume.")
     return axis % spatial_dims
 
 
@@ -68,7 +70,7 @@ def network_multiple(network: Any, spatial_dims: int) -> tuple[int, ...]:
 def _per_axis(value: int | Sequence[int], spatial_dims: int, name: str) -> tuple[int, ...]:
     values = (int(value),) * spatial_dims if isinstance(value, int) else tuple(int(v) for v in value)
     if len(values) != spatial_dims or min(values) < 1:
-        raise ValueError(f"{name} must be a positive int or one per spatial axis ({spatial_dims}), got {value}.")
+        raise InvalidInputError(f"{name} must be a positive int or one per spatial axis ({spatial_dims}), got {value}.")
     return values
 
 
@@ -85,7 +87,7 @@ def slab_patch_size(
     if slab_size is not None:
         ax = spatial_axis(axis, nd)
         if slab_size < 1 or slab_size % mult[ax]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"slab_size {slab_size} must be a positive multiple of {mult[ax]}, the size multiple the network "
                 f"needs along axis {axis}."
             )
@@ -166,7 +168,7 @@ class SlabInferer(Inferer):
     ) -> None:
         super().__init__()
         if slab_size is not None and slab_size < 1:
-            raise ValueError(f"slab_size must be >= 1 or None, got {slab_size}.")
+            raise InvalidInputError(f"slab_size must be >= 1 or None, got {slab_size}.")
         self.slab_size = slab_size
         self.axis = axis
         self.multiple = multiple
@@ -249,7 +251,7 @@ class RandSlabd(Compose):
     ) -> None:
         ax = spatial_axis(axis, spatial_dims)
         if slab_size < 1 or slab_size % multiple:
-            raise ValueError(f"slab_size {slab_size} must be a positive multiple of multiple={multiple}.")
+            raise InvalidInputError(f"slab_size {slab_size} must be a positive multiple of multiple={multiple}.")
         divisible = [multiple] * spatial_dims
         divisible[ax] = 1
         crop = [-1] * spatial_dims

@@ -102,11 +102,11 @@ def get_network(
     if arch not in ARCHS:
         raise InvalidInputError(f"Unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}.")
     if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        raise InvalidInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if head_stages is None and stage_skips:
-        raise ValueError("stage_skips=True needs the up-scaling head: give head_stages.")
+        raise InvalidInputError("stage_skips=True needs the up-scaling head: give head_stages.")
     if head_stages is not None and arch == "classifier":
-        raise ValueError("The up-scaling head needs a segmenter; the classifier returns one logit per class.")
+        raise InvalidInputError("The up-scaling head needs a segmenter; the classifier returns one logit per class.")
     net = _backbone(arch, spatial_dims, in_channels, out_channels, init_filters, depth, pocket, double_until, style,
                     scale, norm, **kwargs)
     if head_stages is None:

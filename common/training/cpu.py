@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.errors import InvalidInputError
+
 __all__ = [
     "auto_threads",
     "autocast_forward",
@@ -265,7 +267,7 @@ def conv_gflops(
         conv = conv.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     elif layout != "contiguous":
-        raise ValueError(f"layout must be 'channels_last' or 'contiguous', got {layout!r}.")
+        raise InvalidInputError(f"layout must be 'channels_last' or 'contiguous', got {layout!r}.")
     macs = size**3 * 27 * channels * channels
 
     def run() -> None:
