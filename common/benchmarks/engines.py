@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,49 +64,58 @@ class Spec:
     shape: tuple[int, ...] | None  # spatial shape of every image file (None: as written)
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the brief training
     unit: str = "volume"
+    spacing: tuple[float, ...] | None = None  # voxel size (mm) of the resized files, as in the real release
 
 
 SPECS = {
+    # NFBS and BraTS are released at 1 mm; a LiTS scan of 512 x 512 x 200 at 0.77 x 0.77 x 1 mm is resampled by
+    # the bundle to its 2.5 mm slices (512 x 512 x 80); MSD prostate is 0.625 x 0.625 x 3.6 mm
     "nfbs": Spec("nfbs_brain_mri_segmentation", "nfbs", 96, (256, 256, 192),
-                 {"patch_size": [64, 64, 64], "depth": 5, "num_samples": 2}),
+                 {"patch_size": [64, 64, 64], "depth": 5, "num_samples": 2}, spacing=(1.0, 1.0, 1.0)),
     "brats": Spec("brats_tumor_mri_segmentation", "brats", 96, (240, 240, 155),
-                  {"patch_size": [64, 64, 64], "depth": 5, "num_samples": 2}),
+                  {"patch_size": [64, 64, 64], "depth": 5, "num_samples": 2}, spacing=(1.0, 1.0, 1.0)),
     "lits": Spec("lits_liver_ct_segmentation", "lits", 96, (512, 512, 200),
-                 {"patch_size": [64, 64, 64], "depth": 5, "num_samples": 2}),
+                 {"patch_size": [64, 64, 64], "depth": 5, "num_samples": 2}, spacing=(0.77, 0.77, 1.0)),
     "covidx": Spec("covidx_cxr_classification", "covidx", 256, None, {}, unit="image"),
-    "prostate": Spec("prostate_mri_segmentation", "prostate", 96, (320, 320, 20), {}, unit="volume"),
+    "prostate": Spec("prostate_mri_segmentation", "prostate", 96, (320, 320, 20), {}, unit="volume",
+                     spacing=(0.625, 0.625, 3.6)),
 }
 
 
 def quick_spec(spec: Spec) -> Spec:
     """``spec`` at a quarter of the side (3D: 32-voxel training patches), for checking the command quickly."""
     if spec.shape is None:
-        return Spec(spec.bundle, spec.dataset, 64, None, spec.train, spec.unit)
+        return replace(spec, size=64)
     shape = tuple(max(8, s // 4) for s in spec.shape)
     train = {k: v for k, v in spec.train.items() if k != "depth"}
     if "patch_size" in train:
         train["patch_size"] = [32, 32, 32]
-    return Spec(spec.bundle, spec.dataset, 32, shape, train, spec.unit)
+    return replace(spec, size=32, shape=shape, train=train)  # the real spacing: a bundle resamples nothing more
 
 
 # ---------------------------------------------------------------- data and model
-def resize_nifti(path: Path, shape: tuple[int, ...]) -> None:
+def resize_nifti(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> None:
     """Resample a NIfTI file's first three axes to ``shape`` (linear; nearest for integer labels), in place.
 
-    The affine's voxel sizes scale with it, so the image keeps its physical extent.
+    The affine's voxel sizes become ``spacing`` (the real release's, so that a bundle that resamples to its
+    training spacing sees the real amount of work), or scale with the shape when it is None (the image keeps
+    its physical extent).
     """
     import nibabel as nib
     from scipy.ndimage import zoom
 
     img = nib.load(str(path))
     data = np.asarray(img.dataobj)
-    if tuple(data.shape[:3]) == tuple(shape):
+    if tuple(data.shape[:3]) == tuple(shape) and (spacing is None or np.allclose(img.header.get_zooms()[:3], spacing)):
         return
     factors = [n / o for n, o in zip(shape, data.shape[:3])] + [1.0] * (data.ndim - 3)
     integer = np.issubdtype(data.dtype, np.integer)
     out = zoom(data, factors, order=0 if integer else 1).astype(data.dtype)
     affine = img.affine.copy()
-    affine[:3, :3] = affine[:3, :3] @ np.diag([o / n for n, o in zip(out.shape[:3], data.shape[:3])])
+    if spacing is None:
+        affine[:3, :3] = affine[:3, :3] @ np.diag([o / n for n, o in zip(out.shape[:3], data.shape[:3])])
+    else:
+        affine[:3, :3] = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(spacing)
     nib.save(nib.Nifti1Image(out, affine, img.header), str(path))
 
 
@@ -117,14 +126,15 @@ def prepare_data(spec: Spec, root: Path, cases: int) -> tuple[str, str]:
 
     stamp = root / "data.json"
     datalist = root / "datalist.json"
-    wanted = json.loads(json.dumps({"size": spec.size, "shape": spec.shape, "cases": cases}))  # as stored
+    wanted = {"size": spec.size, "shape": spec.shape, "spacing": spec.spacing, "cases": cases}
+    wanted = json.loads(json.dumps(wanted))  # as stored
     if stamp.is_file() and json.loads(stamp.read_text()).get("wanted") == wanted:
         return json.loads(stamp.read_text())["dataset_dir"], str(datalist)
     dataset_dir = write_lookalike(spec.dataset, str(root / "data"), cases=cases, size=spec.size)
     if spec.shape is not None:
         for path in sorted(Path(root / "data").rglob("*.nii*")):
             if not path.name.startswith("._"):
-                resize_nifti(path, spec.shape)
+                resize_nifti(path, spec.shape, spec.spacing)
     module = get_dataset(spec.dataset)
     if module.COMMITTED_LIST is None:
         build_datalist(spec.dataset, dataset_dir, out=str(datalist))
@@ -255,7 +265,7 @@ def prepare_model(bundle: str, root: str, dataset_dir: str, datalist: str, epoch
     from common.engines.record import read_record
 
     spec = next(s for s in SPECS.values() if s.bundle == bundle)
-    spec = Spec(spec.bundle, spec.dataset, spec.size, spec.shape, train, spec.unit)
+    spec = replace(spec, train=train)
     train_briefly(spec, Path(root), dataset_dir, datalist, epochs, threads, **net)
     record = read_record(Path(root) / "models")
     if record is not None and "scores" in record:
