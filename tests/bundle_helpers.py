@@ -266,9 +266,11 @@ def assert_fp32_engines_agree(preds: dict, floor: float = 0.999) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- formats
-def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike, scale: float = 1000.0) -> str:
-    """The volume of a NIfTI file as an MR DICOM series in ``folder`` (one file per axial slice, int16 values of
-    ``voxels * scale / max``, the geometry in LPS patient coordinates), as a scanner export would hold it."""
+def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike, scale: float | None = 1000.0,
+                       modality: str = "MR") -> str:
+    """The volume of a NIfTI file as a DICOM series in ``folder`` (one file per axial slice, int16 values of
+    ``voxels * scale / max``, or the voxels themselves when ``scale`` is None, as CT's Hounsfield units are;
+    the geometry in LPS patient coordinates), as a scanner export would hold it."""
     import nibabel as nib
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -276,7 +278,10 @@ def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike,
 
     img = nib.load(nifti_file)
     data = np.asarray(img.dataobj, dtype=np.float64)
-    values = np.round(data * scale / max(float(np.abs(data).max()), 1e-12)).astype(np.int16)
+    if scale is not None:
+        data = data * scale / max(float(np.abs(data).max()), 1e-12)
+    values = np.round(data).astype(np.int16)
+    storage = {"MR": "1.2.840.10008.5.1.4.1.1.4", "CT": "1.2.840.10008.5.1.4.1.1.2"}[modality]  # Image Storage
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
     cols, rows = lps[:3, 0], lps[:3, 1]  # DICOM columns advance along the array's i axis, rows along j
     spacing_c, spacing_r = float(np.linalg.norm(cols)), float(np.linalg.norm(rows))
@@ -285,14 +290,14 @@ def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike,
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(data.shape[2]):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+        meta.MediaStorageSOPClassUID = storage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = "MR", "lookalike"
+        ds.Modality, ds.PatientID = modality, "lookalike"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImagePositionPatient = [float(v) for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]

@@ -25,6 +25,8 @@ from bundle_helpers import (
     read_json,
     run_engines,
     run_workflow,
+    write_dicom_series,
+    write_itk_copy,
 )
 from monai.bundle import ConfigParser
 
@@ -210,6 +212,31 @@ def test_inference_writes_liver_masks_on_the_input_grid(data, configs, trained, 
         p = values > 0
         dices.append(2 * (p & truth).sum() / (p.sum() + truth.sum()))
     assert np.mean(dices) >= 0.8
+
+
+def test_nrrd_mha_and_dicom_series_get_the_mask_of_the_nifti(data, configs, trained, tmp_path):
+    """volume-0 as NRRD, MHA and a CT DICOM series folder (Hounsfield units kept): each mask lands on the input's
+    grid and is the NIfTI one's."""
+    src = Path(data["dataset_dir"]) / "volume-0.nii"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(src, inputs / "volume-0.nii")
+    write_itk_copy(src, inputs / "volume-1.nrrd")
+    write_itk_copy(src, inputs / "volume-2.mha")
+    write_dicom_series(src, inputs / "volume-3", scale=None, modality="CT")
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], configs_dir=configs, dataset_dir=str(inputs),
+                 output_dir=str(out), patch_size=[32, 32, 32], init_filters=16)
+    image = nib.load(src)
+    masks = {}
+    for n in range(4):
+        pred = nib.load(out / f"volume-{n}_seg.nii.gz")
+        assert pred.shape == image.shape, n
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-3, err_msg=str(n))
+        masks[n] = np.asarray(pred.dataobj)
+    assert masks[0].any()
+    for n in (1, 2, 3):
+        np.testing.assert_array_equal(masks[n], masks[0], err_msg=str(n))
 
 
 # ------------------------------------------------------------------------------------------------- engines
