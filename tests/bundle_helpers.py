@@ -273,8 +273,9 @@ def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike,
     the geometry in LPS patient coordinates), as a scanner export would hold it."""
     import nibabel as nib
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+
+    from common.data.dicom_header import new_dicom
 
     img = nib.load(nifti_file)
     data = np.asarray(img.dataobj, dtype=np.float64)
@@ -289,15 +290,8 @@ def write_dicom_series(nifti_file: str | os.PathLike, folder: str | os.PathLike,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(data.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = storage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = modality, "lookalike"
+        ds = new_dicom(storage, modality)
+        ds.PatientID = "lookalike"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImagePositionPatient = [float(v) for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]

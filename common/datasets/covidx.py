@@ -235,8 +235,7 @@ def write_dicom_film(grey: np.ndarray, path: str, monochrome1: bool = False, win
     A ``grey`` array that is not uint8 is written as the stored values themselves, with the ``window`` and
     rescale given (to test a reader).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from common.data.dicom_header import new_dicom
 
     if grey.dtype == np.uint8:
         stored = grey.astype(np.int64) * 8 + 600
@@ -246,15 +245,7 @@ def write_dicom_film(grey: np.ndarray, path: str, monochrome1: bool = False, win
     if monochrome1:
         stored = 4095 - stored
         window = (4095 - window[0], window[1]) if window else None
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    ds = new_dicom("1.2.840.10008.5.1.4.1.1.1.1", "DX")  # Digital X-Ray Image Storage, for presentation
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
