@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +29,7 @@ from bundle_helpers import (
     read_per_case,
     run_engines,
     run_workflow,
+    write_itk_copy,
 )
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata
 
@@ -113,6 +115,31 @@ def test_inference_writes_3d_masks_on_the_input_grid_and_skips_junk(data, traine
         np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
         values = np.asarray(pred.dataobj)
         assert set(np.unique(values)) <= {0, 1} and values.sum() > 0
+
+
+def test_nrrd_and_mha_cases_get_the_mask_of_the_nifti(data, trained, tmp_path):
+    """A two-channel case (T2 + ADC) as NRRD and MHA, written by ITK as vector images: each mask is the NIfTI one's,
+    on the input's grid."""
+    images = Path(data["dataset_dir"]) / "imagesTs"
+    src = sorted(p for p in images.glob("*.nii.gz") if not p.name.startswith("._"))[0]
+    inputs = tmp_path / "in" / "imagesTs"
+    inputs.mkdir(parents=True)
+    shutil.copy(src, inputs / "prostate_90.nii.gz")
+    write_itk_copy(src, inputs / "prostate_91.nrrd")
+    write_itk_copy(src, inputs / "prostate_92.mha")
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(inputs.parent),
+                 output_dir=str(out), image_size=64, input_size=32, features=8)
+    image = nib.load(src)
+    masks = {}
+    for n in (90, 91, 92):
+        pred = nib.load(out / f"prostate_{n}_seg.nii.gz")
+        assert pred.shape == image.shape[:3], n
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-3, err_msg=str(n))
+        masks[n] = np.asarray(pred.dataobj)
+    assert masks[90].any()
+    for n in (91, 92):
+        np.testing.assert_array_equal(masks[n], masks[90], err_msg=str(n))
 
 
 def _parser(**override) -> ConfigParser:
