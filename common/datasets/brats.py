@@ -32,6 +32,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandRicianNoised
 from scipy import ndimage
 
+from common.data.datacheck import ITK_SUFFIXES
 from common.data.datalists import NUM_FOLDS, SEED, assign_folds, datalist_header, finish_datalist
 from common.data.synthetic import (
     bias_field,
@@ -198,8 +199,8 @@ def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48, ids
 
 
 # ------------------------------------------------------------------------------------ inference input
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr", ".mha", ".mhd")  # what MONAI's LoadImage reads (ITK)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")  # the longer first: case names strip the suffix
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, *ITK_SUFFIXES)  # what the data check and MONAI's LoadImage read
 SKIPPED_FOLDERS = ("__MACOSX",)
 
 
