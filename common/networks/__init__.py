@@ -72,6 +72,7 @@ def get_network(
     norm: str | None = None,
     head_stages: int | None = None,
     stage_skips: bool = False,
+    pool_input: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build a network; full and pocket differ only in the width schedule.
@@ -95,6 +96,9 @@ def get_network(
             resolution first, in training mode and only the highest in eval mode. ``None`` (default): no head;
             ``0``: a head without stages (the segmenter's logits, as a one-element list in training mode).
         stage_skips: the head's skip connections between stages (paper Fig. 4); needs ``head_stages``.
+        pool_input: the head average-pools the input by ``2**head_stages`` before the segmenter, so that the
+            network maps an image to logits on the same grid while the segmenter works on a coarser one (the 3D
+            CPU training recipe); needs ``head_stages``.
         kwargs: ``nnunet``: ``max_filters`` (320), ``res_block``, ``deep_supervision``, ``deep_supr_num``;
             ``hrnet``: ``streams`` (4); ``unet``/``resnet``/``densenet``: ``downsample`` (``pool``/``conv``) and
             ``bias`` (of the 3x3 convolutions, default ``True``).
@@ -105,13 +109,16 @@ def get_network(
         raise InvalidInputError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if head_stages is None and stage_skips:
         raise InvalidInputError("stage_skips=True needs the up-scaling head: give head_stages.")
+    if head_stages is None and pool_input:
+        raise InvalidInputError("pool_input=True needs the up-scaling head: give head_stages.")
     if head_stages is not None and arch == "classifier":
         raise InvalidInputError("The up-scaling head needs a segmenter; the classifier returns one logit per class.")
     net = _backbone(arch, spatial_dims, in_channels, out_channels, init_filters, depth, pocket, double_until, style,
                     scale, norm, **kwargs)
     if head_stages is None:
         return net
-    return UpscaleHead(net, out_channels, head_stages, spatial_dims=spatial_dims, stage_skips=stage_skips)
+    return UpscaleHead(net, out_channels, head_stages, spatial_dims=spatial_dims, stage_skips=stage_skips,
+                       pool_input=pool_input)
 
 
 def _backbone(

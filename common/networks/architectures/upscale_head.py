@@ -7,6 +7,12 @@ full-resolution ground truth (with :class:`common.losses.multiscale.MultiScaleLo
 stages work on ``num_classes`` channels only, they are almost free: 13 Nc^2 + 2 Nc parameters per 2D stage.
 ``common.networks.get_network(..., head_stages=K)`` wraps any of its segmenters in this head.
 
+``pool_input=True`` makes the head take the image at its *output* resolution and average-pool it by ``2**stages``
+itself before the backbone (the 3D CPU training recipe): the whole pipeline around the network (cropping, sliding
+windows, whole-volume inference, exported engines) then stays on the label's grid, while the backbone does the
+work of a ``2**stages`` times coarser grid (1/8 of the voxels per x2 stage in 3D). Average pooling is the
+area-weighted down-sizing, i.e. anti-aliased as the prostate bundle's ``Resized(anti_aliasing=True)`` is.
+
 Each x2 stage is an ``UpPath(scale=2)``: ConvTranspose (kernel 2, stride 2, ``in_channels`` kept) -> conv 3
 (padding 1), no normalisation and no activation, as in the paper and its code.
 """
@@ -17,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from common.networks.building_blocks import UpPath
+from common.networks.building_blocks.shapes import check_divisible
 
 __all__ = ["UpscaleHead"]
 
@@ -60,6 +67,9 @@ class UpscaleHead(nn.Module):
         spatial_dims: number of spatial dimensions.
         stage_skips: add the Fig. 4 skip connections (only affects stages ``i >= 2``).
         return_all_scales: in eval mode, return all scales instead of only the highest resolution.
+        pool_input: average-pool the input by ``2**stages`` before the backbone, so that the highest output
+            scale has the input's resolution (the input's size must be divisible by ``2**stages`` times the
+            backbone's own divisor).
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class UpscaleHead(nn.Module):
         spatial_dims: int = 2,
         stage_skips: bool = False,
         return_all_scales: bool = False,
+        pool_input: bool = False,
     ) -> None:
         super().__init__()
         if stages < 0:
@@ -78,6 +89,14 @@ class UpscaleHead(nn.Module):
         self.stages = stages
         self.stage_skips = stage_skips
         self.return_all_scales = return_all_scales
+        self.pool_input = pool_input
+        pool = (nn.AvgPool2d, nn.AvgPool3d)[spatial_dims - 2] if spatial_dims in (2, 3) else None
+        self.input_pool = pool(2**stages) if (pool_input and stages > 0 and pool is not None) else nn.Identity()
+        # what an input's size must be a multiple of (read by whole-volume inference and the engines)
+        inner = getattr(backbone, "multiple", None)
+        self.multiple = (
+            [int(m) * (2**stages if pool_input else 1) for m in inner] if inner is not None else [1] * spatial_dims
+        )
         n_plain = min(stages, 2) if stage_skips else stages
         self.plain_stages = nn.ModuleList(
             [UpPath(spatial_dims, num_classes, num_classes, 2) for _ in range(n_plain)]
@@ -90,7 +109,9 @@ class UpscaleHead(nn.Module):
     @torch.jit.export
     def forward_all_scales(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All scales, lowest resolution (backbone output) first, highest last."""
-        y0 = self.backbone(x)
+        if self.pool_input:
+            check_divisible(list(x.shape[2:]), self.multiple)
+        y0 = self.backbone(self.input_pool(x))
         outs: list[torch.Tensor] = [y0]
         for stage in self.plain_stages:
             outs.append(stage(outs[-1]))
