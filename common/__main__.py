@@ -28,6 +28,7 @@ from common.demo import demo
 from common.engines.choose import engines
 from common.experiments import cascade as cascade_experiment
 from common.experiments import lowres as lowres_experiment
+from common.experiments import time_to_accuracy
 
 #: What a command raises for bad input: reported as one sentence, not as a traceback.
 USER_ERRORS = (DataCheckError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -80,9 +81,10 @@ COMMANDS: dict[str, Any] = {
     "engine_benchmark": command(engine_benchmark),
     "experiment": Group(
         "The papers' comparisons on look-alike data: cascade (whole vs slab-wise vs cascade), lowres (up-scaling "
-        "head vs plain network).",
+        "head vs plain network), time_to_accuracy (validation Dice against training time per CPU recipe).",
         cascade=command(cascade_experiment.run),
         lowres=command(lowres_experiment.run),
+        time_to_accuracy=command(time_to_accuracy.run),
     ),
 }
 

@@ -43,7 +43,8 @@ def _describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     if isinstance(obj, (bytes, bytearray)):
         return hashlib.sha1(bytes(obj)).hexdigest()
     if isinstance(obj, np.ndarray):
-        return ["ndarray", str(obj.dtype), list(obj.shape), hashlib.sha1(np.ascontiguousarray(obj).tobytes()).hexdigest()]
+        digest = hashlib.sha1(np.ascontiguousarray(obj).tobytes()).hexdigest()
+        return ["ndarray", str(obj.dtype), list(obj.shape), digest]
     if isinstance(obj, torch.Tensor):
         return _describe(obj.detach().cpu().numpy(), depth, seen)
     if isinstance(obj, (np.generic, torch.dtype, torch.device, np.dtype, type)):
@@ -61,8 +62,9 @@ def _describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
         return ["function", obj.__qualname__, hashlib.sha1(code.co_code).hexdigest(),
                 _describe([c for c in code.co_consts if not isinstance(c, types.CodeType)], depth + 1, seen)]
     if isinstance(obj, (types.BuiltinFunctionType, types.MethodType, functools.partial)):
-        return ["callable", repr(getattr(obj, "__qualname__", type(obj).__qualname__)),
-                _describe(getattr(obj, "args", ()), depth + 1, seen), _describe(getattr(obj, "keywords", {}), depth + 1, seen)]
+        args = [getattr(obj, "args", ()), getattr(obj, "keywords", {})]
+        name = getattr(obj, "__qualname__", type(obj).__qualname__)
+        return ["callable", repr(name), _describe(args, depth + 1, seen)]
     state = getattr(obj, "__dict__", None)
     if state is None:
         return type(obj).__qualname__

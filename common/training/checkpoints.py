@@ -7,6 +7,7 @@ import os
 import re
 from typing import Any
 
+import torch
 from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
@@ -50,7 +51,12 @@ class CheckpointLoader(MonaiCheckpointLoader):
     a traceback; the user needs to know which file and which setting to look at.
     """
 
+    #: objects a resume checkpoint written before they existed does not hold: skipped, not an error
+    OPTIONAL = ("time_budget",)
+
     def __call__(self, engine: Any) -> None:
+        absent = self._absent_optional()
+        kept = {k: self.load_dict.pop(k) for k in absent}
         try:
             super().__call__(engine)
         except RuntimeError as err:
@@ -62,3 +68,12 @@ class CheckpointLoader(MonaiCheckpointLoader):
             raise InvalidInputError(f"{self.load_path}: the checkpoint does not fit this config's network "
                                     f"({detail[:200].rstrip('.')}); were arch, pocket, widths and depth the same as "
                                     "in training?") from err
+        finally:
+            self.load_dict.update(kept)
+
+    def _absent_optional(self) -> list[str]:
+        wanted = [k for k in self.OPTIONAL if k in self.load_dict]
+        if not wanted or len(self.load_dict) == 1 or not os.path.isfile(str(self.load_path)):
+            return []
+        saved = torch.load(str(self.load_path), map_location="cpu", weights_only=True, mmap=True)
+        return [k for k in wanted if isinstance(saved, dict) and k not in saved]

@@ -125,6 +125,8 @@ OVERLAY_BASES = {
     "evaluate.json": [["train.json"]],
     "regions.json": [["train.json"], ["train.json", "evaluate.json"], ["inference.json"]],
     "train_slab.json": [["train.json"]],
+    "train_cpu.json": [["train.json"]],
+    "train_cpu_head.json": [["train.json", "train_cpu.json"]],
     "train_cascade_stage1.json": [["train.json"]],
     "train_cascade_stage2.json": [["train.json"]],
     "train_cascade_stage2_predicted.json": [["train.json", "train_cascade_stage2.json"]],

@@ -170,8 +170,8 @@ def test_the_model_is_used_as_trained_without_repeating_the_overrides(data, trai
     an override that contradicts them stops with one sentence before anything runs."""
     models = trained["root"] / "models"
     saved = read_json(models / "training_params.json")
-    assert saved == {"arch": "unet", "pocket": True, "init_filters": 16, "patch_size": [32, 32, 32], "depth": 3, "head_stages": None,
-                     "num_classes": 2, "in_channels": 1, "spacing": [1.0, 1.0, 1.0]}
+    assert saved == {"arch": "unet", "pocket": True, "init_filters": 16, "patch_size": [32, 32, 32], "depth": 3,
+                     "head_stages": None, "num_classes": 2, "in_channels": 1, "spacing": [1.0, 1.0, 1.0]}
     plain = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
                          output_dir=str(tmp_path / "plain"))  # no --init_filters / --patch_size
     assert plain.parser.get_parsed_content("init_filters") == 16

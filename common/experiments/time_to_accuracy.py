@@ -1,0 +1,284 @@
+"""Validation Dice against training time: which training recipe gets a 3D bundle furthest in an hour of CPU.
+
+For every recipe (the bundle's ``train.json`` alone, or with the CPU overlays) and width, this command trains the
+bundle as a user would (``python -m monai.bundle run training`` in a child process, so that its peak memory is its
+own) for a wall-clock budget, with a snapshot of the weights every ``snapshot_minutes`` (the bundle's
+``TimeBudget``, which also decays the learning rate over the budget and carries the clock over a resume). The
+in-training validation is switched off, so that only training counts. Afterwards every snapshot is scored as a
+user's model would be: the bundle's ``inference.json`` writes the masks of the validation cases **on their input
+grid, at full resolution**, and the Dice of each mask against its label file is averaged. Written to
+``work_dir``: ``time_to_accuracy.csv`` (one row per snapshot: wall and CPU seconds, steps, Dice),
+``time_to_accuracy.png`` (Dice against minutes, one line per recipe) and the Markdown table it prints.
+
+Rerunning with the same ``work_dir`` skips what is done, resumes an interrupted training (its clock carried on) and
+scores only new snapshots::
+
+    pocket experiment time_to_accuracy --bundle nfbs --minutes 60 --snapshot_minutes 15 --work_dir /work/tta
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import psutil
+
+from common import REPO_ROOT
+from common.errors import InvalidInputError
+
+__all__ = ["RECIPES", "dice_on_input_grid", "run"]
+
+BUNDLES = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segmentation",
+           "brats": "brats_tumor_mri_segmentation"}
+#: recipe name -> overlays after train.json
+RECIPES = {"defaults": [], "cpu": ["train_cpu.json"], "cpu_head": ["train_cpu.json", "train_cpu_head.json"]}
+FIELDS = ["recipe", "width", "minutes", "wall_s", "cpu_s", "iteration", "s_per_step", "peak_rss_gb", "val_dice",
+          "cases", "snapshot"]
+
+
+def _csv_list(value: str | tuple[str, ...] | list[str]) -> list[str]:
+    return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _train(configs: Path, overlays: list[str], run_dir: Path, override: dict[str, Any]) -> float:
+    """Run the bundle's training in a child process; return the peak RSS (GB) of its process tree."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", json.dumps([str(configs / f) for f in ["train.json", *overlays]]),
+           "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
+           "--bundle_root", str(run_dir)]
+    for key, value in override.items():
+        cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    log = open(run_dir / "train.log", "a")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(run_dir))
+    peak = [0]
+
+    def watch() -> None:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                peak[0] = max(peak[0], _tree_rss(ps))
+            except psutil.Error:
+                break
+            time.sleep(1.0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    rc = proc.wait()
+    watcher.join(timeout=5)
+    log.close()
+    if rc != 0:
+        tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"training in {run_dir} failed (exit {rc}):\n" + "\n".join(tail))
+    return peak[0] / 1024**3
+
+
+def dice_on_input_grid(mask_file: str | os.PathLike[str], label_file: str | os.PathLike[str]) -> float:
+    """Foreground Dice of a written mask against its label file; both must lie on the same grid."""
+    m, lab = nib.load(str(mask_file)), nib.load(str(label_file))
+    if m.shape[:3] != lab.shape[:3] or not np.allclose(m.affine, lab.affine, atol=1e-3):
+        raise InvalidInputError(f"{mask_file}: the mask is not on its label's grid ({m.shape} vs {lab.shape}).")
+    a = np.asarray(m.dataobj).reshape(m.shape[:3]) > 0
+    b = np.asarray(lab.dataobj).reshape(lab.shape[:3]) > 0
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(a, b).sum() / denom)
+
+
+def score_snapshot(configs: Path, run_dir: Path, snapshot: Path, val: list[dict[str, Any]], dataset_dir: str,
+                   threads: int) -> list[float]:
+    """Dice of each validation case's mask written by ``inference.json`` with ``snapshot`` as the model."""
+    from monai.bundle import ConfigWorkflow
+
+    score = run_dir / "scores" / snapshot.stem
+    models = score / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(snapshot, models / "model.pt")
+    shutil.copy(run_dir / "models" / "training_params.json", models / "training_params.json")
+    out = score / "masks"
+    wf = ConfigWorkflow(config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
+                        logging_file=str(configs / "logging.conf"), workflow_type="infer", bundle_root=str(score),
+                        dataset_dir=dataset_dir, output_dir=str(out), cpu_threads=threads, engine="torch",
+                        data=[{"image": e["image"]} for e in val])
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    dices = []
+    for e in val:
+        name = Path(e["image"] if isinstance(e["image"], str) else e["image"][0]).name
+        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+        found = sorted(out.glob(f"{stem}_seg.*"))
+        if not found:
+            raise FileNotFoundError(f"inference wrote no mask for {e['image']} in {out}.")
+        dices.append(dice_on_input_grid(found[0], e["label"]))
+    return dices
+
+
+def _done_rows(table: Path) -> list[dict[str, str]]:
+    if not table.is_file():
+        return []
+    with open(table, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run(
+    bundle: str = "nfbs",
+    recipes: str | tuple[str, ...] = "defaults,cpu,cpu_head",
+    widths: str | tuple[str, ...] = "pocket",
+    minutes: float = 60.0,
+    snapshot_minutes: float = 15.0,
+    work_dir: str = "/tmp/time_to_accuracy",
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+    cases: int = 24,
+    fold: int = 0,
+    threads: int = 2,
+    num_workers: int = 1,
+    seed: int = 0,
+    **override: Any,
+) -> str:
+    """Train every recipe x width for ``minutes``; score its snapshots on the input grid; table, CSV and plot.
+
+    Args:
+        bundle: ``nfbs``, ``lits`` or ``brats``.
+        recipes: comma-separated names of ``RECIPES`` (``defaults`` = the bundle's train.json alone).
+        widths: ``pocket`` and/or ``full``.
+        minutes, snapshot_minutes: the training budget and the snapshot interval (wall clock).
+        work_dir: everything goes here; a rerun continues what is there.
+        dataset_dir, datalist: the data (fold ``fold`` validates). Without them: ``cases`` look-alike cases at
+            the real release's size (as ``pocket engine_benchmark`` writes them), generated once in ``work_dir``.
+        threads: CPU threads of training and scoring. num_workers: data-loader workers of training.
+        override: further config overrides for every training (e.g. ``--cache_rate 0.5``).
+    """
+    if bundle not in BUNDLES:
+        raise InvalidInputError(f"bundle must be one of {', '.join(BUNDLES)}, got {bundle!r}.")
+    recipe_names, width_names = _csv_list(recipes), _csv_list(widths)
+    for r in recipe_names:
+        if r not in RECIPES:
+            raise InvalidInputError(f"unknown recipe {r!r}; recipes: {', '.join(RECIPES)}.")
+    for w in width_names:
+        if w not in ("pocket", "full"):
+            raise InvalidInputError(f"width must be pocket or full, got {w!r}.")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if dataset_dir is None or datalist is None:
+        from common.benchmarks.engines import SPECS, prepare_data
+
+        dataset_dir, datalist = prepare_data(SPECS[bundle], work / "data", cases)
+    from common.data.datalists import load_fold
+
+    val = load_fold(datalist, dataset_dir, fold, "val")
+    configs = work / "bundle" / "configs"
+    if not configs.is_dir():
+        shutil.copytree(REPO_ROOT / "bundles" / BUNDLES[bundle] / "configs", configs)
+        if bundle == "lits":  # the documented first step, on the copy: spacing and intensities of the data
+            from common.data.fingerprint import fingerprint
+
+            fingerprint(datalist, dataset_dir, fold=fold, bundle_dir=str(configs.parent))
+    table = work / "time_to_accuracy.csv"
+    rows = _done_rows(table)
+    for recipe in recipe_names:
+        for width in width_names:
+            run_dir = work / "runs" / f"{recipe}_{width}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            snaps = run_dir / "models" / "snapshots"
+            state = run_dir / "peak_rss_gb.txt"
+            finished = (run_dir / "finished").is_file()
+            if not finished:
+                print(f"[time_to_accuracy] training {recipe} {width} for {minutes} min", flush=True)
+                peak = _train(configs, RECIPES[recipe], run_dir, {
+                    "dataset_dir": dataset_dir, "datalist": datalist, "fold": fold, "pocket": width == "pocket",
+                    "time_budget_minutes": minutes, "snapshot_minutes": snapshot_minutes, "epochs": 100000,
+                    "val_interval": 10**9, "validate#dataset#cache": "none",
+                    "cpu_threads": threads, "num_workers": num_workers, "seed": seed,
+                    **override})
+                old = float(state.read_text()) if state.is_file() else 0.0
+                state.write_text(f"{max(old, peak):.3f}")
+                (run_dir / "finished").write_text("")
+            peak_gb = float(state.read_text()) if state.is_file() else float("nan")
+            with open(snaps / "snapshots.csv", newline="") as f:
+                snapshots = list(csv.DictReader(f))
+            for snap in snapshots:
+                if any(r["recipe"] == recipe and r["width"] == width and r["snapshot"] == snap["file"] for r in rows):
+                    continue
+                print(f"[time_to_accuracy] scoring {recipe} {width} {snap['file']}", flush=True)
+                dices = score_snapshot(configs, run_dir, snaps / snap["file"], val, dataset_dir, threads)
+                it = int(snap["iteration"])
+                rows.append({"recipe": recipe, "width": width, "minutes": float(snap["minutes"]),
+                             "wall_s": float(snap["wall_s"]), "cpu_s": float(snap["cpu_s"]), "iteration": it,
+                             "s_per_step": round(float(snap["wall_s"]) / max(it, 1), 3),
+                             "peak_rss_gb": round(peak_gb, 2), "val_dice": round(float(np.mean(dices)), 4),
+                             "cases": len(dices), "snapshot": snap["file"]})
+                _write(table, rows)
+    _write(table, rows)
+    plot(rows, work / "time_to_accuracy.png", bundle)
+    text = render(rows, bundle, minutes, len(val))
+    (work / "time_to_accuracy.md").write_text(text + "\n")
+    return text
+
+
+def _write(table: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = table.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, table)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, bundle: str) -> None:
+    """Validation Dice against training minutes, one line per recipe x width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key in sorted({(r["recipe"], r["width"]) for r in rows}):
+        pts = sorted((float(r["minutes"]), float(r["val_dice"])) for r in rows if (r["recipe"], r["width"]) == key)
+        ax.plot([0.0] + [p[0] for p in pts], [0.0] + [p[1] for p in pts], marker="o", label=f"{key[0]} ({key[1]})")
+    ax.set_xlabel("training wall time (minutes, 2 threads unless stated)")
+    ax.set_ylabel("validation Dice (input grid)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{bundle}: validation Dice against training time")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(rows: list[dict[str, Any]], bundle: str, minutes: float, cases: int) -> str:
+    """Markdown table: one row per recipe x width, the Dice at each snapshot time."""
+    marks = sorted({float(r["minutes"]) for r in rows})
+    lines = [f"{bundle}: validation Dice on the input grid ({cases} cases) after training for the given minutes "
+             f"(budget {minutes:g} min)", "",
+             "| recipe | width | s/step | steps | peak RSS GB | "
+             + " | ".join(f"Dice @{m:g} min" for m in marks) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(marks)]
+    for key in sorted({(r["recipe"], r["width"]) for r in rows}, key=lambda k: (list(RECIPES).index(k[0]), k[1])):
+        mine = sorted((r for r in rows if (r["recipe"], r["width"]) == key), key=lambda r: float(r["minutes"]))
+        by_min = {float(r["minutes"]): float(r["val_dice"]) for r in mine}
+        last = mine[-1]
+        lines.append(f"| {key[0]} | {key[1]} | {float(last['s_per_step']):.2f} | {last['iteration']} | "
+                     f"{float(last['peak_rss_gb']):.1f} | "
+                     + " | ".join(f"{by_min[m]:.3f}" if m in by_min else "–" for m in marks) + " |")
+    return "\n".join(lines)
