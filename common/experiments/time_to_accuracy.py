@@ -229,7 +229,7 @@ def run(
                              "cases": len(dices), "snapshot": snap["file"]})
                 _write(table, rows)
     _write(table, rows)
-    plot(rows, work / "time_to_accuracy.png", bundle)
+    plot(rows, work / "time_to_accuracy.png", bundle, threads)
     text = render(rows, bundle, minutes, len(val))
     (work / "time_to_accuracy.md").write_text(text + "\n")
     return text
@@ -244,7 +244,7 @@ def _write(table: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, table)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, bundle: str) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, bundle: str, threads: int = 2) -> None:
     """Validation Dice against training minutes, one line per recipe x width."""
     import matplotlib
 
@@ -252,14 +252,17 @@ def plot(rows: list[dict[str, Any]], path: Path, bundle: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lowest = 1.0
     for key in sorted({(r["recipe"], r["width"]) for r in rows}):
         pts = sorted((float(r["minutes"]), float(r["val_dice"])) for r in rows if (r["recipe"], r["width"]) == key)
-        ax.plot([0.0] + [p[0] for p in pts], [0.0] + [p[1] for p in pts], marker="o", label=f"{key[0]} ({key[1]})")
-    ax.set_xlabel("training wall time (minutes, 2 threads unless stated)")
-    ax.set_ylabel("validation Dice (input grid)")
-    ax.set_ylim(0, 1)
+        lowest = min([lowest] + [p[1] for p in pts])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} ({key[1]})")
+    ax.set_xlabel("training wall time (minutes)")
+    ax.set_ylabel("validation Dice on the input grid")
+    ax.set_xlim(left=0)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)  # snapshots only: no point is drawn where none was measured
     ax.grid(alpha=0.3)
-    ax.set_title(f"{bundle}: validation Dice against training time")
+    ax.set_title(f"{bundle}: validation Dice against training time ({threads} threads)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
