@@ -130,10 +130,9 @@ def test_the_time_budget_stops_decays_and_carries_over_a_resume(tmp_path):
                         network=model)
     engine = _toy_engine(0.05, model, opt)
     budget.attach(engine)
-    start = time.perf_counter()
     engine.run(range(1000), max_epochs=100)
-    took = time.perf_counter() - start
-    assert 1.2 <= took < 3.0, took
+    first_steps = engine.state.iteration
+    assert 0 < first_steps < 100_000 and budget.state_dict()["elapsed_s"] >= 1.2  # stopped by the budget
     assert opt.param_groups[0]["lr"] < 0.2  # decayed towards 0 over the budget
     with open(tmp_path / "snapshots.csv") as f:
         rows = list(csv.DictReader(f))
@@ -144,9 +143,9 @@ def test_the_time_budget_stops_decays_and_carries_over_a_resume(tmp_path):
     resumed.load_state_dict({"elapsed_s": 1.0, "cpu_s": 1.0})
     engine2 = _toy_engine(0.05, model, opt)
     resumed.attach(engine2)
-    start = time.perf_counter()
     engine2.run(range(1000), max_epochs=100)
-    assert time.perf_counter() - start < 0.8
+    # steps sleep 0.05 s whatever the load: the resumed run had 0.2 s left, the first 1.2 s
+    assert 0 < engine2.state.iteration < first_steps / 2
     assert resumed.state_dict()["elapsed_s"] >= 1.2
 
 
