@@ -12,6 +12,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from bundle_helpers import (
     ROOT,
     agreement,
@@ -137,32 +138,86 @@ def test_nrrd_mha_and_dicom_series_get_the_masks_of_the_nifti(data, trained, tmp
     assert _dice(masks["dcm"], masks["nii"]) >= 0.99
 
 
-def test_an_anisotropic_volume_is_predicted_at_1mm_and_written_on_its_own_grid(data, trained, tmp_path):
-    """A 2 x 2 x 3 mm copy of a case: the network sees it at the training spacing (1 mm), the mask comes back on the
-    coarse grid."""
+def _coarse_copy(dataset_dir: str, subject: str, out_dir, pixdim=(2.0, 2.0, 3.0)) -> dict[str, nib.Nifti1Image]:
+    """The T1 and brain mask of ``subject`` resampled to ``pixdim``, written in the NFBS layout under ``out_dir``."""
     from monai.data import MetaTensor
     from monai.transforms import Spacing
 
-    subject = sorted(os.listdir(data["dataset_dir"]))[1]
-    folder = os.path.join(data["dataset_dir"], subject)
+    folder = os.path.join(dataset_dir, subject)
     coarse = {}
     for kind, mode in (("T1w", "bilinear"), ("T1w_brainmask", "nearest")):
         img = nib.load(os.path.join(folder, f"sub-{subject}_ses-NFB3_{kind}.nii.gz"))
         volume = MetaTensor(np.asarray(img.dataobj, np.float32)[None], affine=img.affine)
-        resampled = Spacing(pixdim=(2.0, 2.0, 3.0), mode=mode)(volume)
+        resampled = Spacing(pixdim=pixdim, mode=mode)(volume)
         coarse[kind] = nib.Nifti1Image(np.asarray(resampled[0]), np.asarray(resampled.affine))
-    inputs = tmp_path / "in" / subject
-    inputs.mkdir(parents=True)
-    nib.save(coarse["T1w"], inputs / f"sub-{subject}_ses-NFB3_T1w.nii.gz")
+        (out_dir / subject).mkdir(parents=True, exist_ok=True)
+        nib.save(coarse[kind], out_dir / subject / f"sub-{subject}_ses-NFB3_{kind}.nii.gz")
+    return coarse
+
+
+def test_an_anisotropic_volume_is_predicted_at_1mm_and_written_on_its_own_grid(data, trained, tmp_path):
+    """A 2 x 2 x 3 mm copy of a case: the network sees it at the training spacing (1 mm), the mask comes back on the
+    coarse grid."""
+    subject = sorted(os.listdir(data["dataset_dir"]))[1]
+    inputs = tmp_path / "in"
+    coarse = _coarse_copy(data["dataset_dir"], subject, inputs)
+    os.remove(inputs / subject / f"sub-{subject}_ses-NFB3_T1w_brainmask.nii.gz")
     out = tmp_path / "pred"
-    wf = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(inputs.parent),
+    wf = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=str(inputs),
                       output_dir=str(out), engine="torch")
-    seen = wf.parser.get_parsed_content("preprocessing")({"image": str(inputs / f"sub-{subject}_ses-NFB3_T1w.nii.gz")})
+    image = str(inputs / subject / f"sub-{subject}_ses-NFB3_T1w.nii.gz")
+    seen = wf.parser.get_parsed_content("preprocessing")({"image": image})
     np.testing.assert_allclose(seen["image"].pixdim, [1.0, 1.0, 1.0], atol=1e-4)
     pred = nib.load(out / f"sub-{subject}_ses-NFB3_T1w_seg.nii.gz")
     assert pred.shape == coarse["T1w"].shape
     np.testing.assert_allclose(pred.affine, coarse["T1w"].affine, atol=1e-4)
     assert _dice(np.asarray(pred.dataobj) > 0, np.asarray(coarse["T1w_brainmask"].dataobj) > 0) >= 0.75
+
+
+def _one_hot(mask: np.ndarray, affine: np.ndarray):
+    from monai.data import MetaTensor
+
+    t = torch.as_tensor(mask, dtype=torch.float32)
+    return MetaTensor(torch.stack([1 - t, t])[None], affine=torch.as_tensor(affine, dtype=torch.float64))
+
+
+def test_evaluation_scores_the_written_masks_on_the_label_grid_in_mm(data, trained, tmp_path):
+    """Cases at 2 x 2 x 3 mm, the model working at 1 mm: evaluate.json's per-case Dice and HD95 are those of the
+    masks inference.json writes, measured against the label files on their own grid, distances in mm of it."""
+    import json
+
+    from common.metrics import HausdorffDistanceMetric
+
+    *subjects, other = sorted(os.listdir(data["dataset_dir"]))[:3]
+    inputs = tmp_path / "in"
+    labels = {s: _coarse_copy(data["dataset_dir"], s, inputs)["T1w_brainmask"] for s in [*subjects, other]}
+    datalist = tmp_path / "coarse.json"
+    datalist.write_text(json.dumps({"num_folds": 5, "training": [  # fold 0 is scored, the other case trains
+        {"image": f"{s}/sub-{s}_ses-NFB3_T1w.nii.gz", "label": f"{s}/sub-{s}_ses-NFB3_T1w_brainmask.nii.gz",
+         "fold": int(s == other)} for s in [*subjects, other]]}))
+    shutil.copytree(trained["root"] / "models", tmp_path / "run" / "models")
+    run_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", tmp_path / "run", dataset_dir=str(inputs),
+                 datalist=str(datalist), engine="torch", num_workers=0)
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json"], "infer", tmp_path / "run", dataset_dir=str(inputs), output_dir=str(out),
+                 engine="torch", postprocessing_strategy="none")
+
+    def per_case(name: str) -> dict[str, float]:
+        rows = [r.split(",") for r in (tmp_path / "run" / "eval" / f"{name}_raw.csv").read_text().splitlines()[1:]]
+        return {os.path.basename(r[0]).split("_")[0][4:]: float(r[1]) for r in rows}
+
+    dice, hd95 = per_case("val_mean_dice"), per_case("val_hd95")
+    assert sorted(dice) == subjects
+    for s in subjects:
+        pred = nib.load(out / f"sub-{s}_ses-NFB3_T1w_seg.nii.gz")
+        assert pred.shape == labels[s].shape
+        p, m = np.asarray(pred.dataobj) > 0, np.asarray(labels[s].dataobj) > 0
+        assert dice[s] == pytest.approx(_dice(p, m), abs=1e-4), s
+        y_pred, y = (_one_hot(x, labels[s].affine) for x in (p, m))
+        expected = float(HausdorffDistanceMetric(percentile=95)(y_pred, y))
+        assert hd95[s] == pytest.approx(expected, rel=1e-4), s
+        in_voxels = float(HausdorffDistanceMetric(percentile=95)(y_pred.as_tensor(), y.as_tensor()))
+        assert expected != pytest.approx(in_voxels, rel=1e-3)  # mm of the 2 x 2 x 3 grid, not voxels
 
 
 def test_the_model_is_used_as_trained_without_repeating_the_overrides(data, trained, tmp_path):

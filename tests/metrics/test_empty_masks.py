@@ -64,3 +64,20 @@ def test_a_mean_over_cases_counts_the_empty_ones() -> None:
     assert float(metric.aggregate()) == pytest.approx(DIAGONAL / 3)
     assert float(dice.aggregate()) == pytest.approx(2 / 3)
     assert not torch.isnan(metric.get_buffer()).any()
+
+
+def test_two_planes_10_mm_apart_on_an_anisotropic_grid() -> None:
+    """0.8 x 0.8 x 2.5 mm voxels, two one-voxel planes four slices apart: HD95 = ASD = 10 mm (in voxels it would
+    read 4)."""
+    shape, spacing = (12, 12, 10), (0.8, 0.8, 2.5)
+    affine = torch.diag(torch.tensor([*spacing, 1.0]))
+
+    def plane(z: int) -> MetaTensor:
+        mask = torch.zeros(shape)
+        mask[:, :, z] = 1
+        return MetaTensor(torch.stack([1 - mask, mask])[None], affine=affine)
+
+    y_pred, y = plane(2), plane(6)
+    assert float(HausdorffDistanceMetric(percentile=95)(y_pred, y)) == pytest.approx(10.0)
+    assert float(SurfaceDistanceMetric(symmetric=True)(y_pred, y)) == pytest.approx(10.0)
+    assert float(HausdorffDistanceMetric(percentile=95)(y_pred.as_tensor(), y.as_tensor())) == pytest.approx(4.0)
