@@ -27,8 +27,8 @@ from common.datasets.brats import stack
 from common.demo import demo
 from common.engines.choose import engines
 from common.experiments import cascade as cascade_experiment
+from common.experiments import depth_ablation, full_vs_pocket, time_to_accuracy
 from common.experiments import lowres as lowres_experiment
-from common.experiments import time_to_accuracy
 
 #: What a command raises for bad input: reported as one sentence, not as a traceback.
 USER_ERRORS = (DataCheckError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -80,8 +80,11 @@ COMMANDS: dict[str, Any] = {
     "engines": command(engines),
     "engine_benchmark": command(engine_benchmark),
     "experiment": Group(
-        "The papers' comparisons on look-alike data: cascade (whole vs slab-wise vs cascade), lowres (up-scaling "
-        "head vs plain network), time_to_accuracy (validation Dice against training time per CPU recipe).",
+        "The papers' experiments, on your data or look-alike data: table1 (full vs pocket, k-fold, Wilcoxon), "
+        "ablation (doubling up to level L), cascade (whole vs slab-wise vs cascade), lowres (up-scaling head vs "
+        "plain network), time_to_accuracy (validation Dice against training time per CPU recipe).",
+        table1=command(full_vs_pocket.run),
+        ablation=command(depth_ablation.run),
         cascade=command(cascade_experiment.run),
         lowres=command(lowres_experiment.run),
         time_to_accuracy=command(time_to_accuracy.run),

@@ -1,0 +1,167 @@
+"""The PocketNet experiments as commands: Table I end to end (locally and on Ray), resume rules, Table IV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from common import REPO_ROOT
+from common.experiments import depth_ablation, full_vs_pocket
+from common.experiments.runs import Run, config_hash, prepare, state
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: a tiny grid: 2 archs x 2 variants x 2 folds, a few epochs on 10 look-alike cases of 32^3
+GRID = dict(task="nfbs", archs="unet,resnet", variants="full,pocket", folds=2, cases=10, size=32)
+TINY = dict(epochs=3, val_interval=3, init_filters=4, patch_size=[32, 32, 32], learning_rate=3e-3, num_workers=0)
+
+
+def _csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def table1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("table1")
+    text = full_vs_pocket.run(**GRID, out=str(out), **TINY)
+    return out, text
+
+
+def _check_report(out) -> None:
+    """report.csv against the per-case raw CSVs of every run: means, medians, std and the Wilcoxon p."""
+    report = {(r["arch"], r["variant"], r["metric"]): r for r in _csv(out / "report.csv")}
+    assert len(report) == 2 * 2 * 3
+    for arch in ("unet", "resnet"):
+        values = {}
+        for variant in ("full", "pocket"):
+            for stem, title in full_vs_pocket.METRICS.items():
+                cases = {}
+                for fold in (0, 1):
+                    for row in _csv(out / "runs" / f"{arch}-{variant}" / f"fold{fold}" / "eval" / f"{stem}_raw.csv"):
+                        cases[row["filename"]] = float(row["mean"])
+                values[(variant, title)] = cases
+                r = report[(arch, variant, title)]
+                v = np.array(list(cases.values()))
+                assert int(r["n"]) == len(cases) == 4  # 2 validation cases in each of 2 folds
+                assert float(r["mean"]) == pytest.approx(v.mean(), rel=1e-6)
+                assert float(r["median"]) == pytest.approx(np.median(v), rel=1e-6)
+                assert float(r["std"]) == pytest.approx(v.std(ddof=1), rel=1e-6, abs=1e-9)
+        for title in full_vs_pocket.METRICS.values():
+            full, pocket = values[("full", title)], values[("pocket", title)]
+            assert set(full) == set(pocket)
+            ids = sorted(full)
+            diff = np.array([pocket[k] - full[k] for k in ids])
+            r = report[(arch, "pocket", title)]
+            expected = 1.0 if np.all(diff == 0) else stats.wilcoxon(diff).pvalue
+            assert float(r["p_wilcoxon"]) == pytest.approx(expected)
+            assert report[(arch, "full", title)]["p_wilcoxon"] == ""
+
+
+@pytest.mark.slow
+def test_table1_report_matches_the_per_case_files(table1):
+    out, text = table1
+    _check_report(out)
+    # the Markdown table has one row per arch and variant, parameters from the trained networks
+    rows = [line for line in text.splitlines() if re.match(r"\| (unet|resnet) \| (full|pocket) \|", line)]
+    assert len(rows) == 4
+    finished = json.loads((out / "runs" / "unet-full" / "fold0" / "finished.json").read_text())
+    assert f"| unet | full | {finished['parameters'] / 1e6:.3f} | 4 |" in text
+    assert "HD95 (mm)" in text and "ASD (mm)" in text and "## Runs" in text
+    assert (out / "boxplots.png").stat().st_size > 10_000
+    assert len(_csv(out / "cases.csv")) == 2 * 2 * 2 * 2
+
+
+@pytest.mark.slow
+def test_table1_rerun_skips_finished_runs_and_resumes_an_interrupted_one(table1, capsys):
+    out, _ = table1
+    (out / "runs" / "resnet-pocket" / "fold1" / "finished.json").unlink()
+    before = {p: p.stat().st_mtime for p in (out / "runs").glob("*/*/finished.json")}
+    capsys.readouterr()
+    full_vs_pocket.run(**GRID, out=str(out), **TINY)
+    printed = capsys.readouterr().out
+    assert "8 runs: 7 finished before, 1 to resume, 0 to start" in printed
+    after = {p: p.stat().st_mtime for p in (out / "runs").glob("*/*/finished.json")}
+    assert all(after[p] == t for p, t in before.items())  # the finished runs were not touched
+    assert (out / "runs" / "resnet-pocket" / "fold1" / "finished.json").is_file()
+    _check_report(out)
+
+
+def test_a_run_is_new_interrupted_or_finished_by_the_hash_of_its_merged_config(tmp_path):
+    run = Run(name="unet-pocket/fold0", bundle="nfbs_brain_mri_segmentation", train=["train.json"],
+              evaluate=["train.json", "evaluate.json"], overrides={"fold": 0, "epochs": 2})
+    run_dir, st = prepare(run, tmp_path)
+    assert st == "new" and json.loads((run_dir / "run.json").read_text())["hash"] == config_hash(run)
+    (run_dir / "models").mkdir()
+    assert prepare(run, tmp_path)[1] == "interrupted" and (run_dir / "models").is_dir()  # kept for the resume
+    (run_dir / "finished.json").write_text(json.dumps({"hash": config_hash(run)}))
+    assert state(run_dir, config_hash(run)) == "finished"
+    more = Run(**{**run.__dict__, "cpus": 2})  # resources do not change the result
+    assert config_hash(more) == config_hash(run)
+    changed = Run(**{**run.__dict__, "overrides": {"fold": 0, "epochs": 3}})
+    assert config_hash(changed) != config_hash(run)
+    assert prepare(changed, tmp_path)[1] == "new"
+    assert not (run_dir / "models").exists() and not (run_dir / "finished.json").exists()  # started again
+
+
+@pytest.fixture(scope="module")
+def ray_installed():
+    """Ray is an optional extra: installed here, with the pinned version, when the environment lacks it."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-c",
+                               str(REPO_ROOT / "requirements" / "constraints.txt"), "ray[tune]"])
+
+
+@pytest.mark.slow
+def test_the_same_grid_runs_through_a_local_ray_instance(table1, ray_installed, tmp_path):
+    out = tmp_path / "ray"
+    text = full_vs_pocket.run(**GRID, out=str(out), executor="ray", address="local", **TINY)
+    _check_report(out)
+    assert "| unet | pocket |" in text
+    for run_dir in (out / "runs").glob("*/*"):
+        assert "Epoch: 3/3" in (run_dir / "log.txt").read_text()
+    # each task ran the same child command as the local runs, with the same merged configs but for the data paths
+    for run_dir in (out / "runs").glob("*/*"):
+        local = json.loads((table1[0] / run_dir.relative_to(out) / "run.json").read_text())
+        remote = json.loads((run_dir / "run.json").read_text())
+        assert {k: v for k, v in remote["overrides"].items() if k not in ("dataset_dir", "datalist")} == \
+            {k: v for k, v in local["overrides"].items() if k not in ("dataset_dir", "datalist")}
+
+
+def _readme_table_iv() -> list[float]:
+    line = next(x for x in (REPO_ROOT / "README.md").read_text().splitlines() if x.startswith("| Table IV"))
+    ours = line.split("|")[2]
+    return [float(v) for v in re.findall(r"[\d.]+(?=M)", ours)]
+
+
+def test_ablation_levels_have_the_parameter_counts_of_table_iv():
+    """The bundle's own network_def at the paper's setting (32 features, 128^3, depth 5) with double_until = L."""
+    counts = depth_ablation.level_parameters("nfbs", init_filters=32, patch_size=[128, 128, 128])
+    assert list(counts) == [5, 4, 3, 2, 1, 0]
+    assert [round(c / 1e6, 2) for c in counts.values()] == _readme_table_iv() == [90.49, 60.07, 24.35, 8.39, 2.64,
+                                                                                  0.76]
+
+
+@pytest.mark.slow
+def test_ablation_trains_every_level_with_its_own_width(tmp_path):
+    tiny = {**TINY, "patch_size": [16, 16, 16]}  # depth 2: levels 2, 1, 0
+    text = depth_ablation.run(task="nfbs", folds=1, cases=10, size=32, out=str(tmp_path), **tiny)
+    counts = depth_ablation.level_parameters("nfbs", **tiny)
+    assert list(counts) == [2, 1, 0] and counts[2] > counts[1] > counts[0]
+    rows = _csv(tmp_path / "report.csv")
+    for level, count in counts.items():
+        dice = next(r for r in rows if r["level"] == str(level) and r["metric"] == "Dice")
+        assert int(dice["parameters"]) == count and int(dice["n"]) == 2
+        saved = json.loads((tmp_path / "runs" / f"unet-double-until-{level}" / "fold0" / "models" /
+                            "training_params.json").read_text())
+        assert saved["double_until"] == level and saved["pocket"] is False
+        assert f"| {level} | {count / 1e6:.3f} | 2 |" in text
