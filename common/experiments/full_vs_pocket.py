@@ -14,7 +14,8 @@ resumed)::
 
 Without ``dataset_dir`` it runs on look-alike cases it writes once under ``out/data``. Written to ``out``:
 ``report.md`` (the table, each run's budget and seed), ``report.csv`` (one row per arch, variant and metric),
-``cases.csv`` (every pooled per-case value) and ``boxplots.png``.
+``cases.csv`` (every pooled per-case value), ``boxplots.png`` and, per arch, ``activations_<arch>.png`` (the
+per-channel mean activations of :mod:`common.experiments.activations`).
 
 As in the bundles, ``model.pt`` is the checkpoint with the best validation Dice on the fold it is then scored
 on: the numbers are cross-validation scores with model selection on the scored fold, as the paper reports them,
@@ -269,4 +270,9 @@ def run(
     run_dirs = run_all(runs, work, name="table1", jobs=jobs, executor=executor, address=address)
     title = (f"{task}: full vs pocket, {folds}-fold cross-validation ({os.path.basename(str(datalist))}, "
              f"{', '.join(f'{k}={v}' for k, v in override.items()) or 'bundle defaults'})")
-    return build_report(work, task, arch_list, variant_list, fold_list, run_dirs, title)
+    text = build_report(work, task, arch_list, variant_list, fold_list, run_dirs, title)
+    from common.experiments import activations
+
+    for arch in arch_list:  # Fig. 4 of the paper, from the same runs
+        activations.run(str(work), arch, ",".join(variant_list))
+    return text

@@ -165,3 +165,41 @@ def test_ablation_trains_every_level_with_its_own_width(tmp_path):
                             "training_params.json").read_text())
         assert saved["double_until"] == level and saved["pocket"] is False
         assert f"| {level} | {count / 1e6:.3f} | 2 |" in text
+
+
+@pytest.mark.slow
+def test_activation_means_are_those_a_hook_sees_in_the_bundles_own_evaluation(table1, tmp_path):
+    """activations_unet.csv (what the plot shows) against a hook on the U-Net's ``head`` (its final 1x1 conv) while
+    evaluate.json scores each fold's validation cases, in a copy of each run."""
+    import shutil
+
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    out, _ = table1
+    assert (out / "activations_unet.png").stat().st_size > 5_000
+    plotted = {}
+    for row in _csv(out / "activations_unet.csv"):
+        plotted.setdefault(row["variant"], {})[int(row["channel"])] = float(row["mean_activation"])
+    for variant in ("full", "pocket"):
+        total, voxels = 0.0, 0
+        for fold in (0, 1):
+            run_dir = tmp_path / variant / f"fold{fold}"
+            shutil.copytree(out / "runs" / f"unet-{variant}" / f"fold{fold}", run_dir)
+            spec = json.loads((run_dir / "run.json").read_text())
+            configs = REPO_ROOT / "bundles" / spec["bundle"] / "configs"
+            wf = ConfigWorkflow(config_file=[str(configs / f) for f in spec["evaluate"]], workflow_type="train",
+                                meta_file=str(configs / "metadata.json"), bundle_root=str(run_dir),
+                                **spec["overrides"])
+            wf.initialize()
+            seen: list[torch.Tensor] = []
+            head = dict(wf.parser.get_parsed_content("network").named_modules())["head"]
+            handle = head.register_forward_pre_hook(lambda _m, x, seen=seen: seen.append(x[0].detach().double()))
+            wf.run()
+            handle.remove()
+            assert len(seen) >= 2  # the fold's two validation cases, one or more windows each
+            total = total + sum(x.sum(dim=(0, 2, 3, 4)) for x in seen)
+            voxels += sum(x[:, 0].numel() for x in seen)
+        expected = (total / voxels).numpy()
+        got = np.array([plotted[variant][c] for c in range(len(expected))])
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
