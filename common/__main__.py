@@ -26,7 +26,7 @@ from common.datasets import build_datalist, write_lookalike
 from common.datasets.brats import stack
 from common.demo import demo
 from common.engines.choose import engines
-from common.experiments import activations, depth_ablation, full_vs_pocket, time_to_accuracy
+from common.experiments import activations, depth_ablation, full_vs_pocket, saturation, time_to_accuracy
 from common.experiments import cascade as cascade_experiment
 from common.experiments import lowres as lowres_experiment
 
@@ -82,11 +82,13 @@ COMMANDS: dict[str, Any] = {
     "experiment": Group(
         "The papers' experiments, on your data or look-alike data: table1 (full vs pocket, k-fold, Wilcoxon), "
         "ablation (doubling up to level L), activations (mean activation per channel of table1's models), "
+        "saturation (test scores against the share of training data), "
         "cascade (whole vs slab-wise vs cascade), lowres (up-scaling head vs plain network), time_to_accuracy "
         "(validation Dice against training time per CPU recipe).",
         table1=command(full_vs_pocket.run),
         ablation=command(depth_ablation.run),
         activations=command(activations.run),
+        saturation=command(saturation.run),
         cascade=command(cascade_experiment.run),
         lowres=command(lowres_experiment.run),
         time_to_accuracy=command(time_to_accuracy.run),

@@ -41,7 +41,8 @@ _EPOCH = re.compile(r"Epoch: (\d+)/(\d+)")
 
 @dataclass
 class Run:
-    """One training + evaluation of a bundle; ``overrides`` go to both, ``train_overrides`` to training only."""
+    """One training + evaluation of a bundle; ``overrides`` go to both, ``train_overrides`` and
+    ``evaluate_overrides`` to one of them (e.g. another data list to score on)."""
 
     name: str
     bundle: str
@@ -49,6 +50,7 @@ class Run:
     evaluate: list[str]
     overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    evaluate_overrides: dict[str, Any] = field(default_factory=dict)
     cpus: int = 1
     gpus: float = 0.0
 
@@ -65,7 +67,8 @@ def config_hash(run: Run) -> str:
     from monai.bundle import ConfigParser
 
     merged = []
-    for files, extra in ((run.train, {**run.overrides, **run.train_overrides}), (run.evaluate, run.overrides)):
+    for files, extra in ((run.train, {**run.overrides, **run.train_overrides}),
+                         (run.evaluate, {**run.overrides, **run.evaluate_overrides})):
         parser = ConfigParser()
         parser.read_config([str(run.configs / f) for f in files])
         for key, value in extra.items():
@@ -119,7 +122,7 @@ def execute(run_dir: str | os.PathLike[str]) -> None:
     trained = time.perf_counter()
     parameters = sum(p.numel() for p in wf.parser.get_parsed_content("network_def").parameters())
     epochs = wf.parser.get_parsed_content("train#trainer").state.epoch
-    _workflow(run, run["evaluate"], run_dir, run["overrides"])
+    _workflow(run, run["evaluate"], run_dir, {**run["overrides"], **run.get("evaluate_overrides", {})})
     (run_dir / "finished.json").write_text(json.dumps({
         "hash": run["hash"], "parameters": parameters, "epochs": epochs, "train_s": round(trained - start, 1),
         "evaluate_s": round(time.perf_counter() - trained, 1)}, indent=2))

@@ -203,3 +203,35 @@ def test_activation_means_are_those_a_hook_sees_in_the_bundles_own_evaluation(ta
         expected = (total / voxels).numpy()
         got = np.array([plotted[variant][c] for c in range(len(expected))])
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_saturation_fractions_share_validation_and_test_cases(tmp_path, capsys):
+    """20 look-alike cases: test = fold 0, validation = fold 1 (4 each), pool = 12; 1.5 % of 12 is skipped."""
+    from common.experiments import saturation
+
+    text = saturation.run(task="nfbs", variants="pocket", fractions="0.015,0.25,1", out=str(tmp_path), cases=20,
+                          size=32, **TINY)
+    assert "fraction 0.015 is skipped" in capsys.readouterr().out and "fraction 0.015 is skipped" in text
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert {k: len(v) for k, v in split["train"].items()} == {"0.25": 3, "1": 12}
+    assert set(split["train"]["0.25"]) <= set(split["train"]["1"])  # nested
+    seen_val, seen_test = set(), set()
+    for fraction, count in (("0.25", 3), ("1", 12)):
+        spec = json.loads((tmp_path / "runs" / "unet-pocket" / f"fraction{fraction}" / "run.json").read_text())
+        assert spec["overrides"]["train#random_transforms"] == saturation.NO_AUGMENTATION["train#random_transforms"]
+        entries = json.loads(open(spec["train_overrides"]["datalist"]).read())["training"]
+        val = {e["image"] for e in entries if e["fold"] == 0}
+        train = {e["image"] for e in entries if e["fold"] == 1}
+        assert len(train) == count and val == set(split["validation"]) and not val & train
+        scored = {r["filename"] for r in _csv(tmp_path / "runs" / "unet-pocket" / f"fraction{fraction}" / "eval" /
+                                              "val_mean_dice_raw.csv")}
+        test = {spec["overrides"]["dataset_dir"] + "/" + c for c in split["test"]}
+        assert scored == test and len(scored) == 4 and not scored & {spec["overrides"]["dataset_dir"] + "/" + c
+                                                                     for c in train | val}
+        seen_val.add(frozenset(val))
+        seen_test.add(frozenset(scored))
+    assert len(seen_val) == len(seen_test) == 1  # the same validation and test cases for every fraction
+    rows = _csv(tmp_path / "report.csv")
+    assert {(r["fraction"], r["training_cases"]) for r in rows} == {("0.25", "3"), ("1.0", "12")}
+    assert (tmp_path / "saturation.png").stat().st_size > 10_000
