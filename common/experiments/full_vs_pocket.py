@@ -221,7 +221,8 @@ def run(
     """Train and evaluate every arch x variant x fold with the bundle's configs; return the report (Markdown).
 
     Args:
-        task: ``nfbs``, ``lits`` or ``brats`` (the bundle).
+        task: ``nfbs``, ``lits`` or ``brats`` (the bundle); ``covidx`` runs the classifier comparison of Table II
+            instead (:mod:`common.experiments.classifier_auc`: archs, folds, cases and size do not apply).
         archs: comma-separated architectures (``unet, resnet, densenet, hrnet, nnunet``).
         variants: ``full`` and/or ``pocket``; the p-values need both.
         folds: run folds 0 .. folds-1 of the data list's split.
@@ -235,8 +236,13 @@ def run(
         override: further config overrides for every run, e.g. ``--epochs 20 --init_filters 8
             --patch_size [32,32,32] --num_workers 0``.
     """
+    if task == "covidx":  # Table II: one classifier per variant, AUC on the test split
+        from common.experiments import classifier_auc
+
+        return classifier_auc.run(csv_list(variants), out, dataset_dir, datalist, jobs=jobs, executor=executor,
+                                  address=address, threads=threads, seed=seed, **override)
     if task not in TASKS:
-        raise InvalidInputError(f"task must be one of {', '.join(TASKS)}, got {task!r}.")
+        raise InvalidInputError(f"task must be one of {', '.join(TASKS)} or covidx, got {task!r}.")
     if executor not in EXECUTORS:
         raise InvalidInputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}.")
     arch_list, variant_list = csv_list(archs), csv_list(variants)

@@ -235,3 +235,26 @@ def test_saturation_fractions_share_validation_and_test_cases(tmp_path, capsys):
     rows = _csv(tmp_path / "report.csv")
     assert {(r["fraction"], r["training_cases"]) for r in rows} == {("0.25", "3"), ("1.0", "12")}
     assert (tmp_path / "saturation.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_covidx_table_gives_test_auc_with_a_bootstrap_interval_and_a_paired_p(tmp_path):
+    """``table1 --task covidx``: each variant's AUC is MONAI's ROC AUC of its predictions.csv on the test split."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    full_vs_pocket.run(task="covidx", out=str(tmp_path), epochs=4, image_size=[64, 64], num_workers=0, batch_size=8,
+                       learning_rate=1e-3, bootstrap=300)
+    report = {r["variant"]: r for r in _csv(tmp_path / "report.csv")}
+    testing = json.loads((tmp_path / "data" / "datalist.json").read_text())["testing"]
+    for variant in ("full", "pocket"):
+        rows = _csv(tmp_path / "runs" / f"classifier-{variant}" / "eval" / "test" / "predictions.csv")
+        assert len(rows) == len(testing) == int(report[variant]["n"])
+        y = torch.tensor([int(r["label"]) for r in rows])
+        p = torch.tensor([float(r["probability_positive"]) for r in rows])
+        auc = float(report[variant]["auc"])
+        assert auc == pytest.approx(compute_roc_auc(p, y), abs=1e-6)
+        assert float(report[variant]["ci_low"]) <= auc <= float(report[variant]["ci_high"])
+    full_auc, pocket_auc = float(report["full"]["auc"]), float(report["pocket"]["auc"])
+    assert float(report["pocket"]["auc_difference"]) == pytest.approx(pocket_auc - full_auc)
+    assert 0 < float(report["pocket"]["p_bootstrap"]) <= 1 and report["full"]["p_bootstrap"] == ""
