@@ -115,8 +115,9 @@ def _plot(path: Path, means: dict[str, np.ndarray], arch: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    colours = {"full": "#e6550d", "pocket": "#3182bd"}  # as in the table's box plots
     for variant, m in means.items():
-        ax.plot(np.arange(1, len(m) + 1), np.sort(m)[::-1], marker="o", ms=3, label=variant)
+        ax.plot(np.arange(1, len(m) + 1), np.sort(m)[::-1], marker="o", ms=3, label=variant, color=colours[variant])
     ax.set_xlabel("channel (sorted by mean activation)")
     ax.set_ylabel("mean activation")
     ax.set_title(f"{arch}: input of the final 1x1 convolution", fontsize=9)

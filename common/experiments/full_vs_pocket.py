@@ -43,6 +43,9 @@ __all__ = ["METRICS", "TASKS", "describe", "per_case", "run"]
 TASKS = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segmentation",
          "brats": "brats_tumor_mri_segmentation"}
 VARIANTS = ("full", "pocket")
+#: preset -> task -> overlays after train.json (training and evaluation), and the archs the preset defines
+PRESETS = {"short": {"nfbs": ["train_short.json"]}}
+PRESET_ARCHS = {"short": ("unet", "resnet", "densenet")}
 #: metric file stem in the run's eval/ folder -> column title
 METRICS = {"val_mean_dice": "Dice", "val_hd95": "HD95 (mm)", "val_asd": "ASD (mm)"}
 
@@ -191,7 +194,7 @@ def _boxplots(path: Path, pooled: dict, archs: list[str], variants: list[str], t
     for ax, (m, t) in zip(axes, METRICS.items()):
         data = [[x for x in pooled[(a, v)][m].values() if np.isfinite(x)] for a in archs for v in variants]
         box = ax.boxplot(data, patch_artist=True)
-        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=45)
         for patch, (_, v) in zip(box["boxes"], [(a, v) for a in archs for v in variants]):
             patch.set_facecolor("#9ecae1" if v == "pocket" else "#fdae6b")
         ax.set_title(t)
@@ -211,6 +214,7 @@ def run(
     datalist: str | None = None,
     cases: int = 20,
     size: int = 48,
+    preset: str | None = None,
     jobs: int = 1,
     executor: str = "local",
     address: str | None = None,
@@ -229,6 +233,8 @@ def run(
         out: the experiment's folder; rerunning with it skips finished runs and resumes interrupted ones.
         dataset_dir, datalist: your data and its data list (``pocket datalist``); without them ``cases``
             look-alike cases of ``size`` voxels a side are written once under ``out/data``.
+        preset: ``short``: the MICCAI-workshop PocketNet setting (NFBS on 5-slice slabs, ``train_short.json``;
+            U-Net, ResNet and DenseNet only).
         jobs: runs at a time (local child processes). executor: ``local`` or ``ray`` (``address`` of a running
             cluster, or ``local`` to start a small instance on this machine).
         threads: CPU threads per run (``cpu_threads``, and the CPUs a Ray task asks for).
@@ -254,6 +260,16 @@ def run(
     for v in variant_list:
         if v not in VARIANTS:
             raise InvalidInputError(f"variant must be full or pocket, got {v!r}.")
+    overlays: list[str] = []
+    if preset is not None:
+        if preset not in PRESETS or task not in PRESETS[preset]:
+            have = ", ".join(f"{p} ({', '.join(t)})" for p, t in PRESETS.items())
+            raise InvalidInputError(f"no preset {preset!r} for {task}; presets: {have}.")
+        overlays = PRESETS[preset][task]
+        wrong = [a for a in arch_list if a not in PRESET_ARCHS[preset]]
+        if wrong:
+            raise InvalidInputError(f"the {preset} preset defines {', '.join(PRESET_ARCHS[preset])}, not "
+                                    f"{', '.join(wrong)}.")
     if not 1 <= folds <= 5:
         raise InvalidInputError(f"folds must be between 1 and 5, got {folds}.")
     work = Path(out)
@@ -265,8 +281,8 @@ def run(
     fold_list = list(range(folds))
     per_fold = {k: fold_overrides(task, datalist, dataset_dir, k) for k in fold_list}
     runs = [
-        Run(name=f"{arch}-{variant}/fold{k}", bundle=TASKS[task], train=["train.json"],
-            evaluate=["train.json", "evaluate.json"],
+        Run(name=f"{arch}-{variant}/fold{k}", bundle=TASKS[task], train=["train.json", *overlays],
+            evaluate=["train.json", *overlays, "evaluate.json"],
             overrides={"dataset_dir": str(dataset_dir), "datalist": str(datalist), "fold": k, "arch": arch,
                        "pocket": variant == "pocket", "cpu_threads": threads, "seed": seed, **per_fold[k],
                        **override},
@@ -274,7 +290,8 @@ def run(
         for arch in arch_list for variant in variant_list for k in fold_list
     ]
     run_dirs = run_all(runs, work, name="table1", jobs=jobs, executor=executor, address=address)
-    title = (f"{task}: full vs pocket, {folds}-fold cross-validation ({os.path.basename(str(datalist))}, "
+    title = (f"{task}{f' ({preset} preset)' if preset else ''}: full vs pocket, {folds}-fold cross-validation "
+             f"({os.path.basename(str(datalist))}, "
              f"{', '.join(f'{k}={v}' for k, v in override.items()) or 'bundle defaults'})")
     text = build_report(work, task, arch_list, variant_list, fold_list, run_dirs, title)
     from common.experiments import activations

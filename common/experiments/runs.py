@@ -7,7 +7,8 @@ and ``finished.json`` once evaluation has written its metrics. Running the exper
 
 - skips a run whose ``finished.json`` holds the same config hash,
 - resumes one that was interrupted (same hash, not finished: the bundle's ``resume`` picks up its checkpoint),
-- starts afresh one whose config changed (a bundle config or an override: the hash differs).
+- starts afresh one whose config changed (a bundle config or an override: the hash differs); its old results
+  are removed when the command starts, so copy a finished experiment away before changing a bundle config.
 
 Runs go one after another, ``jobs`` at a time as child processes, or as Ray tasks (``executor="ray"``) on an
 existing cluster (``address``) or a local instance (``address="local"``) when one machine is not enough. Every
@@ -79,12 +80,12 @@ def config_hash(run: Run) -> str:
 
 
 def state(run_dir: Path, digest: str) -> str:
-    """``finished``, ``interrupted`` (same config, not finished) or ``new`` (absent, or its config changed)."""
+    """``finished``, ``interrupted`` (same config, not finished), ``changed`` (its config changed) or ``new``."""
     finished, spec = run_dir / "finished.json", run_dir / "run.json"
     if finished.is_file() and json.loads(finished.read_text()).get("hash") == digest:
         return "finished"
-    if spec.is_file() and json.loads(spec.read_text()).get("hash") == digest:
-        return "interrupted"
+    if spec.is_file():
+        return "interrupted" if json.loads(spec.read_text()).get("hash") == digest else "changed"
     return "new"
 
 
@@ -93,7 +94,7 @@ def prepare(run: Run, root: Path) -> tuple[Path, str]:
     digest = config_hash(run)
     run_dir = root / "runs" / run.name
     st = state(run_dir, digest)
-    if st == "new":
+    if st in ("new", "changed"):  # a changed config (bundle file or override) invalidates what was there
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         (run_dir / "run.json").write_text(json.dumps({"hash": digest, **asdict(run)}, indent=2, default=str))
@@ -241,9 +242,10 @@ def run_all(runs: Sequence[Run], out: str | os.PathLike[str], name: str = "exper
     prepared = [(r, *prepare(r, root)) for r in runs]
     todo = [(d, r) for r, d, st in prepared if st != "finished"]
     resumed = sum(st == "interrupted" for _, _, st in prepared)
+    changed = sum(st == "changed" for _, _, st in prepared)
     progress = _Progress(name, root / "runs", len(runs), len(runs) - len(todo), echo)
     echo(f"[{name}] {len(runs)} runs: {len(runs) - len(todo)} finished before, {resumed} to resume, "
-         f"{len(todo) - resumed} to start")
+         f"{len(todo) - resumed} to start" + (f" ({changed} again: their config changed)" if changed else ""))
     if executor == "ray":
         failures = _run_ray(todo, address, progress, poll_s)
     else:

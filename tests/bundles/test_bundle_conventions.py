@@ -134,6 +134,8 @@ OVERLAY_BASES = {
     "evaluate_cascade.json": [["train.json", "evaluate.json"]],
     "inference_slab.json": [["inference.json"]],
     "inference_cascade.json": [["inference.json"]],
+    "train_short.json": [["train.json"]],
+    "inference_short.json": [["inference.json"]],
 }
 # Nested ids an overlay may add; every other nested id it sets must replace one of its base, so that renaming
 # a key in train.json cannot leave an overlay silently setting a key nothing reads.

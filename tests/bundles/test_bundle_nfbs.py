@@ -226,7 +226,8 @@ def test_the_model_is_used_as_trained_without_repeating_the_overrides(data, trai
     models = trained["root"] / "models"
     saved = read_json(models / "training_params.json")
     assert saved == {"arch": "unet", "pocket": True, "init_filters": 16, "patch_size": [32, 32, 32], "depth": 3,
-                     "head_stages": None, "num_classes": 2, "in_channels": 1, "spacing": [1.0, 1.0, 1.0]}
+                     "head_stages": None, "double_until": None, "style": "tmi", "scale": 2, "num_classes": 2,
+                     "in_channels": 1, "spacing": [1.0, 1.0, 1.0]}
     plain = run_workflow(BUNDLE, ["inference.json"], "infer", trained["root"], dataset_dir=data["dataset_dir"],
                          output_dir=str(tmp_path / "plain"))  # no --init_filters / --patch_size
     assert plain.parser.get_parsed_content("init_filters") == 16
@@ -428,3 +429,35 @@ def test_export_older_than_the_checkpoint_is_not_used(data, exported, tmp_path, 
     assert len(stale) == 2 and sorted(stale) == sorted(torch_run)
     for name in stale:
         np.testing.assert_array_equal(stale[name], torch_run[name])
+
+
+@pytest.mark.slow
+def test_the_short_paper_preset_learns_on_5_slice_slabs(data, tmp_path):
+    """train_short.json (Celaya et al., the MICCAI-workshop PocketNet): 16 features, depth 4, no normalisation,
+    in-plane down-sampling of 5-slice slabs; evaluation and inference slide the slab one slice at a time."""
+    from monai.inferers import SlidingWindowInferer
+
+    root = tmp_path / "short"
+    slab = {"patch_size": [48, 48, 5], "num_workers": 0, "cache_rate": 1.0}
+    wf = run_workflow(BUNDLE, ["train.json", "train_short.json"], "train", root, **data, **slab, epochs=15,
+                      val_interval=5, learning_rate=1e-3, num_samples=8)
+    net = wf.parser.get_parsed_content("network_def")
+    assert not [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm)]
+    assert net(torch.zeros(1, 1, 48, 48, 5)).shape == (1, 2, 48, 48, 5)  # the slab axis is never down-sampled
+    assert wf.parser.get_parsed_content("validate#evaluator").state.best_metric >= 0.8
+    saved = read_json(root / "models" / "training_params.json")
+    assert saved["style"] == "short" and saved["scale"] == [2, 2, 1] and saved["depth"] == 4
+    # evaluation: the same overlay, the settings read back from training_params.json
+    ev = run_workflow(BUNDLE, ["train.json", "train_short.json", "evaluate.json"], "train", root, **data,
+                      num_workers=0)
+    inferer = ev.parser.get_parsed_content("validate#inferer")
+    assert isinstance(inferer, SlidingWindowInferer) and list(inferer.roi_size) == [48, 48, 5]
+    summary = dict(line.strip().split(",") for line in open(root / "eval" / "metrics.csv"))
+    assert float(summary["val_mean_dice"]) >= 0.8
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json", "inference_short.json"], "infer", root, dataset_dir=data["dataset_dir"],
+                 output_dir=str(out), engine="torch")
+    subject = sorted(os.listdir(data["dataset_dir"]))[0]
+    mask = nib.load(out / f"sub-{subject}_ses-NFB3_T1w_seg.nii.gz")
+    label = nib.load(os.path.join(data["dataset_dir"], subject, f"sub-{subject}_ses-NFB3_T1w_brainmask.nii.gz"))
+    assert mask.shape == label.shape and _dice(np.asarray(mask.dataobj) > 0, np.asarray(label.dataobj) > 0) >= 0.8

@@ -107,7 +107,7 @@ def test_a_run_is_new_interrupted_or_finished_by_the_hash_of_its_merged_config(t
     assert config_hash(more) == config_hash(run)
     changed = Run(**{**run.__dict__, "overrides": {"fold": 0, "epochs": 3}})
     assert config_hash(changed) != config_hash(run)
-    assert prepare(changed, tmp_path)[1] == "new"
+    assert prepare(changed, tmp_path)[1] == "changed"
     assert not (run_dir / "models").exists() and not (run_dir / "finished.json").exists()  # started again
 
 
@@ -258,3 +258,22 @@ def test_covidx_table_gives_test_auc_with_a_bootstrap_interval_and_a_paired_p(tm
     full_auc, pocket_auc = float(report["full"]["auc"]), float(report["pocket"]["auc"])
     assert float(report["pocket"]["auc_difference"]) == pytest.approx(pocket_auc - full_auc)
     assert 0 < float(report["pocket"]["p_bootstrap"]) <= 1 and report["full"]["p_bootstrap"] == ""
+
+
+def test_the_short_preset_is_the_short_papers_network_and_names_the_archs_it_defines(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from common.errors import InvalidInputError
+
+    configs = REPO_ROOT / "bundles" / "nfbs_brain_mri_segmentation" / "configs"
+    counts = {}
+    for pocket in (False, True):
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json"), str(configs / "train_short.json")])
+        parser["pocket"] = pocket
+        counts[pocket] = sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
+    assert counts == {False: 5_470_850, True: 150_066}  # README: short paper 3D U-Net full / pocket
+    with pytest.raises(InvalidInputError, match="defines unet, resnet, densenet, not hrnet"):
+        full_vs_pocket.run(task="nfbs", archs="unet,hrnet", preset="short", out=str(tmp_path))
+    with pytest.raises(InvalidInputError, match="no preset 'short' for brats"):
+        full_vs_pocket.run(task="brats", preset="short", out=str(tmp_path))
