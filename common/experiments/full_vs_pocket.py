@@ -44,7 +44,7 @@ TASKS = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segmentat
          "brats": "brats_tumor_mri_segmentation"}
 VARIANTS = ("full", "pocket")
 #: preset -> task -> overlays after train.json (training and evaluation), and the archs the preset defines
-PRESETS = {"short": {"nfbs": ["train_short.json"]}}
+PRESETS = {"short": {"nfbs": ["train_short.json"], "lits": ["train_short_2d.json"]}}
 PRESET_ARCHS = {"short": ("unet", "resnet", "densenet")}
 #: metric file stem in the run's eval/ folder -> column title
 METRICS = {"val_mean_dice": "Dice", "val_hd95": "HD95 (mm)", "val_asd": "ASD (mm)"}
@@ -78,13 +78,22 @@ def lookalike_data(task: str, out: Path, cases: int, size: int, seed: int) -> tu
     return dataset_dir, datalist
 
 
-def fold_overrides(task: str, datalist: str, dataset_dir: str, fold: int) -> dict[str, Any]:
-    """What a fold's runs need beyond the fold number: LiTS measures its fingerprint on the fold's training cases."""
+def fold_overrides(task: str, datalist: str, dataset_dir: str, fold: int,
+                   overlays: Sequence[str] = ()) -> dict[str, Any]:
+    """What a fold's runs need beyond the fold number: LiTS measures its fingerprint on the fold's training cases.
+
+    An overlay's own ``fingerprint#...`` settings (the short preset's CT window) stay on top of the measured block.
+    """
     if task != "lits":
         return {}
+    from common import REPO_ROOT
     from common.data.fingerprint import compute
 
-    return {"fingerprint": compute(datalist, dataset_dir, fold=fold, verbose=False)}
+    block = compute(datalist, dataset_dir, fold=fold, verbose=False)
+    for name in overlays:
+        own = json.loads((REPO_ROOT / "bundles" / TASKS[task] / "configs" / name).read_text())
+        block.update({k.split("#", 1)[1]: v for k, v in own.items() if k.startswith("fingerprint#")})
+    return {"fingerprint": block}
 
 
 def per_case(eval_dir: Path, metric: str) -> dict[str, float]:
@@ -234,7 +243,7 @@ def run(
         dataset_dir, datalist: your data and its data list (``pocket datalist``); without them ``cases``
             look-alike cases of ``size`` voxels a side are written once under ``out/data``.
         preset: ``short``: the MICCAI-workshop PocketNet setting (NFBS on 5-slice slabs, ``train_short.json``;
-            U-Net, ResNet and DenseNet only).
+            LiTS as windowed 2D axial slices, ``train_short_2d.json``; U-Net, ResNet and DenseNet only).
         jobs: runs at a time (local child processes). executor: ``local`` or ``ray`` (``address`` of a running
             cluster, or ``local`` to start a small instance on this machine).
         threads: CPU threads per run (``cpu_threads``, and the CPUs a Ray task asks for).
@@ -279,7 +288,7 @@ def run(
     if dataset_dir is None:
         dataset_dir, datalist = lookalike_data(task, work / "data", cases, size, seed)
     fold_list = list(range(folds))
-    per_fold = {k: fold_overrides(task, datalist, dataset_dir, k) for k in fold_list}
+    per_fold = {k: fold_overrides(task, datalist, dataset_dir, k, overlays) for k in fold_list}
     runs = [
         Run(name=f"{arch}-{variant}/fold{k}", bundle=TASKS[task], train=["train.json", *overlays],
             evaluate=["train.json", *overlays, "evaluate.json"],

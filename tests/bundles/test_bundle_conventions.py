@@ -136,6 +136,8 @@ OVERLAY_BASES = {
     "inference_cascade.json": [["inference.json"]],
     "train_short.json": [["train.json"]],
     "inference_short.json": [["inference.json"]],
+    "train_short_2d.json": [["train.json"]],
+    "inference_short_2d.json": [["inference.json"]],
 }
 # Nested ids an overlay may add; every other nested id it sets must replace one of its base, so that renaming
 # a key in train.json cannot leave an overlay silently setting a key nothing reads.
@@ -144,6 +146,7 @@ NEW_NESTED = {
                              "validate#dataloader#sampler"},
     "evaluate.json": {"validate#additional_metrics", "validate#evaluator#additional_metrics",
                       "validate#strategy_transforms"},
+    "train_short_2d.json": {"train#augmentation#slice"},
 }
 
 

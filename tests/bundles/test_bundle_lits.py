@@ -301,3 +301,39 @@ def test_bad_input_is_refused_before_training(data, configs, tmp_path, how, word
     _break(Path(bad_file), how)
     assert_training_refuses(BUNDLE, tmp_path / "bundle", bad_file, words,
                             configs_dir=configs, dataset_dir=str(ds), datalist=data["datalist"], **TINY)
+
+
+@pytest.mark.slow
+def test_the_short_paper_2d_preset_learns_the_liver_slice_by_slice(data, configs, tmp_path):
+    """train_short_2d.json (the MICCAI-workshop PocketNet's LiTS setting): a 2D network, no normalisation, on axial
+    slices windowed to [-100, 200] HU; evaluation and inference run it slice by slice and write 3D masks."""
+    from monai.inferers import SliceInferer
+    from torch import nn
+
+    root = tmp_path / "short2d"
+    wf = run_workflow(BUNDLE, ["train.json", "train_short_2d.json"], "train", root, configs_dir=configs, **data,
+                      patch_size=[48, 48, 1], num_workers=0, cache_rate=1.0, epochs=40, val_interval=10,
+                      learning_rate=3e-3, num_samples=8)
+    net = wf.parser.get_parsed_content("network_def")
+    assert isinstance(net.head, nn.Conv2d)
+    assert not [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm)]
+    window = wf.parser.get_parsed_content("fingerprint")
+    assert (window["clip_low"], window["clip_high"]) == (-100.0, 200.0)
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].ndim == 4 and tuple(batch["image"].shape[2:]) == (48, 48)  # 2D slices
+    assert wf.parser.get_parsed_content("validate#evaluator").state.best_metric >= 0.8
+    assert read_json(root / "models" / "training_params.json")["spatial_dims"] == 2
+    ev = run_workflow(BUNDLE, ["train.json", "train_short_2d.json", "evaluate.json"], "train", root,
+                      configs_dir=configs, **data, num_workers=0)
+    assert isinstance(ev.parser.get_parsed_content("validate#inferer"), SliceInferer)
+    summary = dict(line.strip().split(",") for line in open(root / "eval" / "metrics.csv"))
+    assert float(summary["val_mean_dice"]) >= 0.8
+    out = tmp_path / "pred"
+    run_workflow(BUNDLE, ["inference.json", "inference_short_2d.json"], "infer", root, configs_dir=configs,
+                 dataset_dir=data["dataset_dir"], output_dir=str(out), engine="torch")
+    image = nib.load(os.path.join(data["dataset_dir"], "volume-0.nii"))
+    truth = np.asarray(nib.load(os.path.join(data["dataset_dir"], "segmentation-0.nii")).dataobj) > 0
+    pred = nib.load(out / "volume-0_seg.nii.gz")
+    assert pred.shape == image.shape
+    p = np.asarray(pred.dataobj) > 0
+    assert 2 * (p & truth).sum() / (p.sum() + truth.sum()) >= 0.8
