@@ -83,7 +83,7 @@ def channel_means(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def run(out: str = "/tmp/pocketnet_table1", arch: str = "unet", variants: str = "full,pocket") -> str:
     """Sorted per-channel mean activations of ``arch``'s full and pocket runs of a table1 folder; plot and CSV."""
-    from common.experiments.full_vs_pocket import csv_list
+    from common.experiments.inputs import csv_list
 
     work = Path(out)
     means: dict[str, np.ndarray] = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import InvalidInputError
+from common.experiments.inputs import experiment_data
 from common.experiments.runs import Run, run_all
 from common.experiments.statistics import bootstrap_auc, paired_bootstrap_auc, stars
 
@@ -30,16 +31,6 @@ def scores_on_test_split(run_dir: Path) -> dict[str, tuple[int, float]]:
     """``{image file: (label, probability of positive)}`` from a run's ``eval/test/predictions.csv``."""
     with open(run_dir / "eval" / "test" / "predictions.csv", newline="") as f:
         return {r["filename"]: (int(r["label"]), float(r["probability_positive"])) for r in csv.DictReader(f)}
-
-
-def _lookalike(out: Path, cases: int, size: int, seed: int) -> tuple[str, str]:
-    from common.datasets import covidx
-
-    marker = out / "datalist.json"
-    if not marker.is_file():
-        dataset_dir = covidx.write_lookalike(str(out / "covidx"), cases=cases, seed=seed, size=size)
-        covidx.build_datalist(dataset_dir, out=str(marker))
-    return str(out / "covidx"), str(marker)
 
 
 def run(
@@ -60,10 +51,7 @@ def run(
     """Train and test the full and pocket classifiers; write report.md / report.csv; return the Markdown table."""
     work = Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    if (dataset_dir is None) != (datalist is None):
-        raise InvalidInputError("pass both dataset_dir and datalist (your data), or neither (look-alike data).")
-    if dataset_dir is None:
-        dataset_dir, datalist = _lookalike(work / "data", cases, size, seed)
+    dataset_dir, datalist = experiment_data("covidx", work, dataset_dir, datalist, cases, size, seed)
     runs = [Run(name=f"classifier-{v}", bundle=BUNDLE, train=["train.json"], evaluate=["train.json", "evaluate.json"],
                 overrides={"dataset_dir": str(dataset_dir), "datalist": str(datalist), "fold": 0, "arch": "classifier",
                            "pocket": v == "pocket", "cpu_threads": threads, "seed": seed, **override},

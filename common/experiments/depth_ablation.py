@@ -18,15 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import InvalidInputError
-from common.experiments.full_vs_pocket import (
-    METRICS,
-    TASKS,
-    _write_csv,
-    describe,
-    fold_overrides,
-    lookalike_data,
-    per_case,
-)
+from common.experiments.casewise import METRICS, describe, per_case, write_csv
+from common.experiments.inputs import TASKS, experiment_data, fold_overrides
 from common.experiments.runs import Run, run_all
 
 __all__ = ["level_parameters", "run"]
@@ -87,10 +80,7 @@ def run(
         return "\n".join([*lines, *(f"| {k} | {v:,} | {v / 1e6:.2f} |" for k, v in params.items())])
     work = Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    if (dataset_dir is None) != (datalist is None):
-        raise InvalidInputError("pass both dataset_dir and datalist (your data), or neither (look-alike data).")
-    if dataset_dir is None:
-        dataset_dir, datalist = lookalike_data(task, work / "data", cases, size, seed)
+    dataset_dir, datalist = experiment_data(task, work, dataset_dir, datalist, cases, size, seed)
     fold_list = list(range(folds))
     per_fold = {k: fold_overrides(task, datalist, dataset_dir, k) for k in fold_list}
     runs = [
@@ -128,6 +118,6 @@ def run(
            "distances in mm on each label's own grid."]
     text = "\n".join(md) + "\n"
     (work / "report.md").write_text(text)
-    _write_csv(work / "report.csv", rows)
-    _write_csv(work / "cases.csv", case_rows)
+    write_csv(work / "report.csv", rows)
+    write_csv(work / "cases.csv", case_rows)
     return text

@@ -24,7 +24,6 @@ not scores of an untouched test set.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Sequence
@@ -34,83 +33,17 @@ from typing import Any
 import numpy as np
 
 from common.errors import InvalidInputError
+from common.experiments.casewise import METRICS, describe, per_case, write_csv
+from common.experiments.inputs import TASKS, csv_list, experiment_data, fold_overrides
 from common.experiments.runs import EXECUTORS, Run, run_all
 from common.experiments.statistics import stars, wilcoxon_paired
 
-__all__ = ["METRICS", "TASKS", "describe", "per_case", "run"]
+__all__ = ["PRESETS", "build_report", "run"]
 
-#: task -> bundle folder
-TASKS = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segmentation",
-         "brats": "brats_tumor_mri_segmentation"}
 VARIANTS = ("full", "pocket")
 #: preset -> task -> overlays after train.json (training and evaluation), and the archs the preset defines
 PRESETS = {"short": {"nfbs": ["train_short.json"], "lits": ["train_short_2d.json"]}}
 PRESET_ARCHS = {"short": ("unet", "resnet", "densenet")}
-#: metric file stem in the run's eval/ folder -> column title
-METRICS = {"val_mean_dice": "Dice", "val_hd95": "HD95 (mm)", "val_asd": "ASD (mm)"}
-
-
-def csv_list(value: str | Sequence[str]) -> list[str]:
-    """``"a,b"`` or ``("a", "b")`` (fire passes either) as a list of names."""
-    return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
-
-
-def lookalike_data(task: str, out: Path, cases: int, size: int, seed: int) -> tuple[str, str]:
-    """Write look-alike cases and their 5-fold data list under ``out`` once; return ``(dataset_dir, datalist)``."""
-    marker = out / "data.json"
-    if marker.is_file():
-        found = json.loads(marker.read_text())
-        if found.get("request") == [task, cases, size, seed]:
-            return found["dataset_dir"], found["datalist"]
-    if task == "nfbs":
-        from common.datasets import nfbs
-
-        dataset_dir = nfbs.write_lookalike(str(out / "nfbs"), cases=cases, seed=seed, size=size)
-        datalist = str(out / "nfbs_lookalike.json")
-        nfbs.build_datalist(dataset_dir, out=datalist)
-    else:
-        from common.experiments.cascade import make_data
-
-        found = make_data(task, out, cases, size, seed)
-        dataset_dir, datalist = found["dataset_dir"], found["datalist"]
-    marker.write_text(json.dumps({"request": [task, cases, size, seed], "dataset_dir": dataset_dir,
-                                  "datalist": datalist}))
-    return dataset_dir, datalist
-
-
-def fold_overrides(task: str, datalist: str, dataset_dir: str, fold: int,
-                   overlays: Sequence[str] = ()) -> dict[str, Any]:
-    """What a fold's runs need beyond the fold number: LiTS measures its fingerprint on the fold's training cases.
-
-    An overlay's own ``fingerprint#...`` settings (the short preset's CT window) stay on top of the measured block.
-    """
-    if task != "lits":
-        return {}
-    from common import REPO_ROOT
-    from common.data.fingerprint import compute
-
-    block = compute(datalist, dataset_dir, fold=fold, verbose=False)
-    for name in overlays:
-        own = json.loads((REPO_ROOT / "bundles" / TASKS[task] / "configs" / name).read_text())
-        block.update({k.split("#", 1)[1]: v for k, v in own.items() if k.startswith("fingerprint#")})
-    return {"fingerprint": block}
-
-
-def per_case(eval_dir: Path, metric: str) -> dict[str, float]:
-    """``{case file: value}`` from a bundle evaluation's ``<metric>_raw.csv`` (the mean over its classes)."""
-    with open(eval_dir / f"{metric}_raw.csv", newline="") as f:
-        return {row["filename"]: float(row["mean"]) for row in csv.DictReader(f)}
-
-
-def describe(values: Sequence[float]) -> dict[str, float]:
-    """n, mean, sample standard deviation (ddof 1) and median of finite values."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return {"n": 0, "mean": float("nan"), "std": float("nan"), "median": float("nan")}
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "median": float(np.median(v))}
-
-
 def _fmt(x: float, digits: int) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
@@ -179,17 +112,10 @@ def build_report(out: Path, task: str, archs: list[str], variants: list[str], fo
            f"{r['evaluate_s']:.0f} | {r['hash']} |" for r in runs_info]
     text = "\n".join(md) + "\n"
     (out / "report.md").write_text(text)
-    _write_csv(out / "report.csv", csv_rows)
-    _write_csv(out / "cases.csv", case_rows)
+    write_csv(out / "report.csv", csv_rows)
+    write_csv(out / "cases.csv", case_rows)
     _boxplots(out / "boxplots.png", pooled, archs, variants, title)
     return text
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _boxplots(path: Path, pooled: dict, archs: list[str], variants: list[str], title: str) -> None:
@@ -283,10 +209,7 @@ def run(
         raise InvalidInputError(f"folds must be between 1 and 5, got {folds}.")
     work = Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    if (dataset_dir is None) != (datalist is None):
-        raise InvalidInputError("pass both dataset_dir and datalist (your data), or neither (look-alike data).")
-    if dataset_dir is None:
-        dataset_dir, datalist = lookalike_data(task, work / "data", cases, size, seed)
+    dataset_dir, datalist = experiment_data(task, work, dataset_dir, datalist, cases, size, seed)
     fold_list = list(range(folds))
     per_fold = {k: fold_overrides(task, datalist, dataset_dir, k, overlays) for k in fold_list}
     runs = [

@@ -26,16 +26,9 @@ import numpy as np
 
 from common.data.datalists import save_datalist
 from common.errors import InvalidInputError
-from common.experiments.full_vs_pocket import (
-    METRICS,
-    TASKS,
-    VARIANTS,
-    _write_csv,
-    csv_list,
-    describe,
-    lookalike_data,
-    per_case,
-)
+from common.experiments.casewise import METRICS, describe, per_case, write_csv
+from common.experiments.full_vs_pocket import VARIANTS
+from common.experiments.inputs import TASKS, csv_list, experiment_data
 from common.experiments.runs import Run, run_all
 
 __all__ = ["FRACTIONS", "NO_AUGMENTATION", "run", "split"]
@@ -100,10 +93,7 @@ def run(
     fraction_list = [float(f) for f in (csv_list(fractions) if isinstance(fractions, str) else fractions)]
     work = Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    if (dataset_dir is None) != (datalist is None):
-        raise InvalidInputError("pass both dataset_dir and datalist (your data), or neither (look-alike data).")
-    if dataset_dir is None:
-        dataset_dir, datalist = lookalike_data(task, work / "data", cases, size, seed)
+    dataset_dir, datalist = experiment_data(task, work, dataset_dir, datalist, cases, size, seed)
     parts = split(str(datalist), fraction_list, seed)
     for sentence in parts["skipped"]:
         print(f"[saturation] {sentence}", flush=True)
@@ -152,8 +142,8 @@ def run(
            *(f"- {s}" for s in parts["skipped"])]
     text = "\n".join(md) + "\n"
     (work / "report.md").write_text(text)
-    _write_csv(work / "report.csv", rows)
-    _write_csv(work / "cases.csv", case_rows)
+    write_csv(work / "report.csv", rows)
+    write_csv(work / "cases.csv", case_rows)
     _plot(work / "saturation.png", scores, list(parts["train"]), variant_list, f"{task} {arch}")
     return text
 

@@ -14,6 +14,7 @@ from scipy import stats
 
 from common import REPO_ROOT
 from common.experiments import depth_ablation, full_vs_pocket
+from common.experiments.casewise import METRICS
 from common.experiments.runs import Run, config_hash, prepare, state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,7 +43,7 @@ def _check_report(out) -> None:
     for arch in ("unet", "resnet"):
         values = {}
         for variant in ("full", "pocket"):
-            for stem, title in full_vs_pocket.METRICS.items():
+            for stem, title in METRICS.items():
                 cases = {}
                 for fold in (0, 1):
                     for row in _csv(out / "runs" / f"{arch}-{variant}" / f"fold{fold}" / "eval" / f"{stem}_raw.csv"):
@@ -54,7 +55,7 @@ def _check_report(out) -> None:
                 assert float(r["mean"]) == pytest.approx(v.mean(), rel=1e-6)
                 assert float(r["median"]) == pytest.approx(np.median(v), rel=1e-6)
                 assert float(r["std"]) == pytest.approx(v.std(ddof=1), rel=1e-6, abs=1e-9)
-        for title in full_vs_pocket.METRICS.values():
+        for title in METRICS.values():
             full, pocket = values[("full", title)], values[("pocket", title)]
             assert set(full) == set(pocket)
             ids = sorted(full)
@@ -246,7 +247,7 @@ def test_covidx_table_gives_test_auc_with_a_bootstrap_interval_and_a_paired_p(tm
     full_vs_pocket.run(task="covidx", out=str(tmp_path), epochs=4, image_size=[64, 64], num_workers=0, batch_size=8,
                        learning_rate=1e-3, bootstrap=300)
     report = {r["variant"]: r for r in _csv(tmp_path / "report.csv")}
-    testing = json.loads((tmp_path / "data" / "datalist.json").read_text())["testing"]
+    testing = json.loads((tmp_path / "data" / "covidx_lookalike.json").read_text())["testing"]
     for variant in ("full", "pocket"):
         rows = _csv(tmp_path / "runs" / f"classifier-{variant}" / "eval" / "test" / "predictions.csv")
         assert len(rows) == len(testing) == int(report[variant]["n"])
