@@ -139,6 +139,12 @@ def _boxplots(path: Path, pooled: dict, archs: list[str], variants: list[str], t
     plt.close(fig)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run(
     task: str = "nfbs",
     archs: str | Sequence[str] = "unet,resnet,densenet,hrnet,nnunet",
@@ -150,6 +156,7 @@ def run(
     cases: int = 20,
     size: int = 48,
     preset: str | None = None,
+    processes: int = 1,
     jobs: int = 1,
     executor: str = "local",
     address: str | None = None,
@@ -170,6 +177,9 @@ def run(
             look-alike cases of ``size`` voxels a side are written once under ``out/data``.
         preset: ``short``: the MICCAI-workshop PocketNet setting (NFBS on 5-slice slabs, ``train_short.json``;
             LiTS as windowed 2D axial slices, ``train_short_2d.json``; U-Net, ResNet and DenseNet only).
+        processes: training processes per run; above 1 each training runs under torchrun with the bundle's
+            ``multi_gpu_train.json`` (one GPU per process, or gloo on CPU), and a Ray task asks for that many GPUs
+            where CUDA is there.
         jobs: runs at a time (local child processes). executor: ``local`` or ``ray`` (``address`` of a running
             cluster, or ``local`` to start a small instance on this machine).
         threads: CPU threads per run (``cpu_threads``, and the CPUs a Ray task asks for).
@@ -218,7 +228,7 @@ def run(
             overrides={"dataset_dir": str(dataset_dir), "datalist": str(datalist), "fold": k, "arch": arch,
                        "pocket": variant == "pocket", "cpu_threads": threads, "seed": seed, **per_fold[k],
                        **override},
-            cpus=threads)
+            cpus=threads * processes, gpus=float(processes) if _cuda() else 0.0, train_processes=processes)
         for arch in arch_list for variant in variant_list for k in fold_list
     ]
     run_dirs = run_all(runs, work, name="table1", jobs=jobs, executor=executor, address=address)

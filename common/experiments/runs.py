@@ -10,10 +10,11 @@ and ``finished.json`` once evaluation has written its metrics. Running the exper
 - starts afresh one whose config changed (a bundle config or an override: the hash differs); its old results
   are removed when the command starts, so copy a finished experiment away before changing a bundle config.
 
-Runs go one after another, ``jobs`` at a time as child processes, or as Ray tasks (``executor="ray"``) on an
-existing cluster (``address``) or a local instance (``address="local"``) when one machine is not enough. Every
-run is the same child command, ``python -m common.experiments.runs RUN_DIR``, so a run on Ray is the run a user
-gets locally; on a cluster the output folder must be on storage all nodes share.
+A run can train on several processes (``train_processes``: torchrun with the bundle's ``multi_gpu_train.json``,
+DDP on GPUs, gloo on CPUs). Runs go one after another, ``jobs`` at a time as child processes, or as Ray tasks
+(``executor="ray"``) on an existing cluster (``address``) or a local instance (``address="local"``) when one
+machine is not enough. Every run is the same child command, ``python -m common.experiments.runs RUN_DIR``, so a
+run on Ray is the run a user gets locally; on a cluster the output folder must be on storage all nodes share.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Run:
     evaluate_overrides: dict[str, Any] = field(default_factory=dict)
     cpus: int = 1
     gpus: float = 0.0
+    #: training processes: above 1, training runs under torchrun with the bundle's multi_gpu_train.json (DDP)
+    train_processes: int = 1
 
     @property
     def configs(self) -> Path:
@@ -63,7 +66,7 @@ class Run:
 def config_hash(run: Run) -> str:
     """Hash of what decides a run's result: the merged configs (bundle files + overrides) of training and evaluation.
 
-    Resource requests (cpus, gpus) and the run's name are left out: they do not change the result.
+    Resource requests (cpus, gpus, training processes) and the run's name are left out.
     """
     from monai.bundle import ConfigParser
 
@@ -114,15 +117,47 @@ def _workflow(run: dict[str, Any], files: list[str], run_dir: Path, override: di
     return wf
 
 
+def _torchrun_training(run: dict[str, Any], run_dir: Path, override: dict[str, Any]) -> Any:
+    """Training under torchrun (``train_processes`` ranks, DDP through the bundle's multi_gpu_train.json).
+
+    The overrides go in as the last config file (``train_overrides.json``): nested ids and values of any type
+    survive that, where command-line flags would have to be re-typed. Returns the parsed (not run) config.
+    """
+    from monai.bundle import ConfigParser
+
+    configs = REPO_ROOT / "bundles" / run["bundle"] / "configs"
+    files = [str(configs / f) for f in run["train"]]
+    if "multi_gpu_train.json" not in run["train"]:
+        files.append(str(configs / "multi_gpu_train.json"))
+    extra = run_dir / "train_overrides.json"
+    extra.write_text(json.dumps(override, indent=2))
+    files.append(str(extra))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           f"--nproc_per_node={run['train_processes']}", "-m", "monai.bundle", "run", "training",
+           "--config_file", json.dumps(files), "--meta_file", str(configs / "metadata.json"),
+           "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(run_dir)]
+    subprocess.run(cmd, check=True, cwd=str(REPO_ROOT))
+    parser = ConfigParser()
+    parser.read_config(files[:-1])
+    for key, value in {**override, "bundle_root": str(run_dir)}.items():
+        parser[key] = value
+    return parser
+
+
 def execute(run_dir: str | os.PathLike[str]) -> None:
     """Train and evaluate the run described by ``run_dir/run.json``; write ``finished.json`` when both are done."""
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     start = time.perf_counter()
-    wf = _workflow(run, run["train"], run_dir, {**run["overrides"], **run["train_overrides"]})
+    train_override = {**run["overrides"], **run["train_overrides"]}
+    if run.get("train_processes", 1) > 1:
+        parser = _torchrun_training(run, run_dir, train_override)
+        epochs = int(parser.get_parsed_content("epochs"))
+    else:
+        parser = _workflow(run, run["train"], run_dir, train_override).parser
+        epochs = parser.get_parsed_content("train#trainer").state.epoch
     trained = time.perf_counter()
-    parameters = sum(p.numel() for p in wf.parser.get_parsed_content("network_def").parameters())
-    epochs = wf.parser.get_parsed_content("train#trainer").state.epoch
+    parameters = sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
     _workflow(run, run["evaluate"], run_dir, {**run["overrides"], **run.get("evaluate_overrides", {})})
     (run_dir / "finished.json").write_text(json.dumps({
         "hash": run["hash"], "parameters": parameters, "epochs": epochs, "train_s": round(trained - start, 1),

@@ -278,3 +278,18 @@ def test_the_short_preset_is_the_short_papers_network_and_names_the_archs_it_def
         full_vs_pocket.run(task="nfbs", archs="unet,hrnet", preset="short", out=str(tmp_path))
     with pytest.raises(InvalidInputError, match="no preset 'short' for brats"):
         full_vs_pocket.run(task="brats", preset="short", out=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_run_can_train_with_ddp_under_torchrun(tmp_path):
+    """--processes 2: the run's training is torchrun + multi_gpu_train.json (gloo on CPU); the 8 training cases of
+    fold 0 are split between the ranks (2 steps of batch 2 per epoch instead of 4), and evaluation follows."""
+    full_vs_pocket.run(task="nfbs", archs="unet", variants="pocket", folds=1, processes=2, out=str(tmp_path),
+                       cases=10, size=32, **{**TINY, "epochs": 1, "val_interval": 1})
+    run_dir = tmp_path / "runs" / "unet-pocket" / "fold0"
+    log = (run_dir / "log.txt").read_text()
+    assert "Epoch: 1/1, Iter: 2/2" in log and "Iter: 3/" not in log
+    assert json.loads((run_dir / "train_overrides.json").read_text())["fold"] == 0
+    scored = _csv(run_dir / "eval" / "val_mean_dice_raw.csv")
+    assert (run_dir / "models" / "model.pt").is_file() and len(scored) == 2
+    assert all(0 <= float(r["mean"]) <= 1 for r in scored)
