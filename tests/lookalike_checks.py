@@ -29,6 +29,16 @@ def effect_size(a: np.ndarray, b: np.ndarray) -> float:
     return abs(a.mean() - b.mean()) / np.sqrt(0.5 * (a.var() + b.var()) + 1e-9)
 
 
+def confusable_shell(img: np.ndarray, mask: np.ndarray, width: int = 2) -> float:
+    """Share of the background shell around ``mask`` whose intensity lies within one std of the target's mean.
+
+    How much of what touches the target looks like it: near 0 when a threshold finds the outline.
+    """
+    img = img.astype(float)
+    mu, sd = img[mask].mean(), img[mask].std()
+    return float((np.abs(img[shell(mask, width)] - mu) < sd).mean())
+
+
 def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> None:
     assert a.shape[:3] == b.shape[:3]
     np.testing.assert_allclose(a.affine, b.affine)

@@ -94,12 +94,14 @@ def quick_spec(spec: Spec) -> Spec:
 
 
 # ---------------------------------------------------------------- data and model
-def resize_nifti(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> None:
-    """Resample a NIfTI file's first three axes to ``shape`` (linear; nearest for integer labels), in place.
+def resize_nifti(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...] | None = None,
+                 smooth_images: bool = False) -> None:
+    """Resample a NIfTI file's first three axes to ``shape`` (linear for floats, nearest for integers), in place.
 
     The affine's voxel sizes become ``spacing`` (the real release's, so that a bundle that resamples to its
     training spacing sees the real amount of work), or scale with the shape when it is None (the image keeps
-    its physical extent).
+    its physical extent). ``smooth_images``: signed-integer images (int16 CT and MR) are interpolated linearly
+    too, so that up-sized edges are partial-volume ramps, not voxel steps; labels (unsigned) stay nearest.
     """
     import nibabel as nib
     from scipy.ndimage import zoom
@@ -110,7 +112,10 @@ def resize_nifti(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...] 
         return
     factors = [n / o for n, o in zip(shape, data.shape[:3])] + [1.0] * (data.ndim - 3)
     integer = np.issubdtype(data.dtype, np.integer)
-    out = zoom(data, factors, order=0 if integer else 1).astype(data.dtype)
+    if integer and smooth_images and np.issubdtype(data.dtype, np.signedinteger):
+        out = np.rint(zoom(data.astype(np.float32), factors, order=1)).astype(data.dtype)
+    else:
+        out = zoom(data, factors, order=0 if integer else 1).astype(data.dtype)
     affine = img.affine.copy()
     if spacing is None:
         affine[:3, :3] = affine[:3, :3] @ np.diag([o / n for n, o in zip(out.shape[:3], data.shape[:3])])
@@ -119,22 +124,29 @@ def resize_nifti(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...] 
     nib.save(nib.Nifti1Image(out, affine, img.header), str(path))
 
 
-def prepare_data(spec: Spec, root: Path, cases: int) -> tuple[str, str]:
-    """Look-alike data of ``spec`` at its real size, and a 5-fold data list; cached in ``root``."""
+def prepare_data(spec: Spec, root: Path, cases: int, hard: bool = False) -> tuple[str, str]:
+    """Look-alike data of ``spec`` at its real size, and a 5-fold data list; cached in ``root``.
+
+    ``hard`` (NFBS, LiTS): the look-alike's hard mode, generated at a finer grid (at least 128 voxels a side)
+    and up-sized with linear interpolation, so that its fine structures survive at the real size.
+    """
     from common.data.datalists import save_datalist
     from common.datasets import build_datalist, get_dataset, write_lookalike
 
     stamp = root / "data.json"
     datalist = root / "datalist.json"
-    wanted = {"size": spec.size, "shape": spec.shape, "spacing": spec.spacing, "cases": cases}
+    size = max(spec.size, 128) if hard else spec.size
+    wanted = {"size": size, "shape": spec.shape, "spacing": spec.spacing, "cases": cases}
+    if hard:
+        wanted["hard"] = True
     wanted = json.loads(json.dumps(wanted))  # as stored
     if stamp.is_file() and json.loads(stamp.read_text()).get("wanted") == wanted:
         return json.loads(stamp.read_text())["dataset_dir"], str(datalist)
-    dataset_dir = write_lookalike(spec.dataset, str(root / "data"), cases=cases, size=spec.size)
+    dataset_dir = write_lookalike(spec.dataset, str(root / "data"), cases=cases, size=size, hard=hard)
     if spec.shape is not None:
         for path in sorted(Path(root / "data").rglob("*.nii*")):
             if not path.name.startswith("._"):
-                resize_nifti(path, spec.shape, spec.spacing)
+                resize_nifti(path, spec.shape, spec.spacing, smooth_images=hard)
     module = get_dataset(spec.dataset)
     if module.COMMITTED_LIST is None:
         build_datalist(spec.dataset, dataset_dir, out=str(datalist))

@@ -53,17 +53,23 @@ def write_lookalike(
     seed: int = 0,
     size: int | None = None,
     ids: list[int] | None = None,
+    hard: bool = False,
 ) -> str:
     """Write a look-alike of ``dataset`` under ``out`` and return its root (the ``dataset_dir`` to use).
 
     ``cases`` and ``size`` (grid side in voxels, or image side in pixels for COVIDx) default to the
     dataset's own; the same ``seed`` gives the same files. ``ids`` (BraTS only): the case numbers to
-    write instead of 1..cases.
+    write instead of 1..cases. ``hard`` (NFBS and LiTS): anatomy whose target is harder to delineate, for
+    telling training recipes apart; the default data do not change.
     """
     module = get_dataset(dataset)
     options = {key: value for key, value in (("cases", cases), ("size", size), ("ids", ids)) if value is not None}
     if ids is not None and module is not brats:
         raise InvalidInputError(f"ids (case numbers) apply to the brats look-alike only, not to {dataset}.")
+    if hard:
+        if module not in (nfbs, lits):
+            raise InvalidInputError(f"hard applies to the nfbs and lits look-alikes only, not to {dataset}.")
+        options["hard"] = True
     return module.write_lookalike(out, seed=seed, **options)
 
 

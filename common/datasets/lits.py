@@ -58,8 +58,14 @@ def build_datalist(out: str | None = None, suffix: str = ".nii") -> dict:
 
 
 # ---------------------------------------------------------------------------------------- look-alike
-def _case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Abdomen: fat, muscle wall, ribs, spine, aorta, kidneys, spleen, bowel and a right-sided liver."""
+def _case(rng: np.random.Generator, size: int, hard: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Abdomen: fat, muscle wall, ribs, spine, aorta, kidneys, spleen, bowel and a right-sided liver.
+
+    ``hard`` removes what makes the liver easy to find in this look-alike and is often missing in real portal-
+    venous CT: the liver touches the muscle wall (no fat plane), a stomach and the spleen lie against it with
+    nearly its density, muscle is closer to it too, edges are more blurred and the noise is higher. Its extra
+    random draws are made only when it is set, so the default data stay as they were.
+    """
     shape = jitter_shape(rng, (size, size, round(size * 0.9)))
     sxy = rng.uniform(0.7, 1.0)
     spacing = (sxy, sxy, rng.uniform(0.8, 2.0))
@@ -85,7 +91,12 @@ def _case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, 
     liver_c = [rng.uniform(-0.42, -0.3), by + rng.uniform(-0.05, 0.08), rng.uniform(-0.05, 0.25)]
     liver_r = rng.uniform([0.4, 0.42, 0.55], [0.5, 0.52, 0.75])
     # a thin fat plane (body 0.78-0.82) separates the liver from the muscle wall, as it usually does
-    liver = (blob(g, liver_c, liver_r, rng, wobble=0.2, waves=4) < 1.0) & (body < 0.78) & ~(spine < 1.25)
+    liver = (blob(g, liver_c, liver_r, rng, wobble=0.2, waves=4) < 1.0) & (body < (0.84 if hard else 0.78))
+    liver &= ~(spine < 1.25)
+    stomach = np.zeros(shape, dtype=bool)
+    if hard:  # against the liver's left lobe, partly overlapped by it
+        c = [liver_c[0] + liver_r[0] * rng.uniform(0.7, 0.9), by + rng.uniform(0.0, 0.15), liver_c[2]]
+        stomach = (blob(g, c, rng.uniform([0.2, 0.2, 0.25], [0.28, 0.26, 0.35]), rng) < 1.0) & ~liver
     tumour = np.zeros(shape, dtype=bool)
     inner = ndimage.binary_erosion(liver)  # tumours stay inside the liver, wrapped by at least one voxel
     core = ndimage.binary_erosion(inner, iterations=2)
@@ -110,22 +121,28 @@ def _case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, 
     tissue[spleen & inside] = 10
     tissue[liver] = 11
     tissue[tumour] = 12
+    tissue[stomach & inside] = 13
     hu = [-1000, -100, 35, -85, 5, -800, 650, 950, 280, 160, 45, rng.uniform(52, 68), rng.uniform(10, 30)]
-    ct = lookup(tissue, hu)
-    ct = ndimage.gaussian_filter(ct, 0.6)
+    if hard:
+        hu[2], hu[10] = 48.0, hu[11] - rng.uniform(2, 8)  # muscle and spleen close to the liver
+    ct = lookup(tissue, [*hu, hu[11] - rng.uniform(5, 12) if hard else 0.0])
+    ct = ndimage.gaussian_filter(ct, 1.0 if hard else 0.6)
     ct += np.where(liver, 4.0 * smooth_noise(rng, shape, 1.5), 0.0).astype(np.float32)
-    ct += ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32) * 22.0, 0.5)
+    ct += ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32) * (34.0 if hard else 22.0), 0.5)
     seg = np.zeros(shape, dtype=np.uint8)
     seg[liver] = 1
     seg[tumour] = 2
     return to_int16(ct, -1024, 3071), seg, affine
 
 
-def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48) -> str:
-    """Write ``OUT/volume-N.nii`` (CT, int16 HU) and ``OUT/segmentation-N.nii`` (uint8 0/1/2); return OUT."""
+def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48, hard: bool = False) -> str:
+    """Write ``OUT/volume-N.nii`` (CT, int16 HU) and ``OUT/segmentation-N.nii`` (uint8 0/1/2); return OUT.
+
+    ``hard``: abdomens whose liver is harder to tell from its neighbours (see :func:`_case`).
+    """
     os.makedirs(out, exist_ok=True)
     for i in case_ids(cases):
-        ct, seg, affine = _case(case_rng(seed, i), size)
+        ct, seg, affine = _case(case_rng(seed, i), size, hard)
         save_nifti(ct, affine, os.path.join(out, f"volume-{i}.nii"))
         save_nifti(seg, affine, os.path.join(out, f"segmentation-{i}.nii"))
         n_t = int((seg == 2).sum())

@@ -3,7 +3,8 @@
 - :func:`build_datalist`: the data list of a user's ``NFBS_Dataset`` download (subject IDs are only known
   there).
 - :func:`write_lookalike`: a small synthetic NFBS in the real layout (a head with scalp, skull, CSF, grey
-  and white matter, ventricles and neck; the skull-stripped T1 and the brain mask beside it).
+  and white matter, ventricles and neck; the skull-stripped T1 and the brain mask beside it), optionally
+  ``hard`` (gyri, thin CSF, muscle and dura with grey-matter intensity, partial-volume edges).
 """
 
 from __future__ import annotations
@@ -72,8 +73,16 @@ def build_datalist(dataset_dir: str, out: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- look-alike
-def _case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One head: scalp (bright fat), dark skull, CSF, grey/white matter, ventricles, neck below."""
+def _case(rng: np.random.Generator, size: int, hard: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One head: scalp (bright fat), dark skull, CSF, grey/white matter, ventricles, neck below.
+
+    ``hard`` makes what separates brain from non-brain in real T1 scans scarce: a convoluted cortical outline
+    (gyri) with dark sulcal lines inside the mask, a thin CSF rim, temporal muscle and dura with grey-matter
+    intensity just outside it, skull and CSF brighter (closer to grey matter), more blur (partial-volume
+    edges), noise and coil shading. Its extra random draws are made only when it is set, so the default
+    data stay as they were.
+    """
     shape = jitter_shape(rng, (size, size, size))
     spacing = rng.uniform(0.8, 1.3, 3)
     affine = random_affine(rng, shape, spacing)
@@ -84,6 +93,13 @@ def _case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, 
     folds = smooth_noise(rng, shape, sigma=max(1.0, size / 12))
     brain_rho = head / 0.76 + 0.03 * folds
     brain = (brain_rho < 1.0) & (head < 0.84)
+    if hard:  # extra draws only here: the default stream below is unchanged
+        gyri = smooth_noise(rng, shape, sigma=max(1.0, size / 40))
+        sulci = smooth_noise(rng, shape, sigma=max(1.0, size / 28))
+        muscle = smooth_noise(rng, shape, sigma=max(1.0, size / 10))
+        rim = np.clip(smooth_noise(rng, shape, sigma=max(1.0, size / 8)), -1.0, 1.0)
+        brain_rho = head / (0.825 + 0.03 * rim) + 0.02 * folds + 0.045 * gyri  # CSF rim thin, in places gone
+        brain = (brain_rho < 1.0) & (head < 0.855)
     wm = brain & (brain_rho + 0.08 * smooth_noise(rng, shape, sigma=max(1.0, size / 16)) < 0.74)
     vent = np.zeros(shape, dtype=bool)
     for side in (-1, 1):
@@ -98,29 +114,37 @@ def _case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, 
     tissue[neck] = 1
     tissue[head < 0.93] = 2  # skull
     tissue[head < 0.86] = 3  # CSF
+    if hard:
+        tissue[(head < 0.95) & (head >= 0.86) & (muscle > -0.3)] = 6  # temporal muscle, dura, sinuses
     tissue[brain] = 4  # grey matter
     tissue[wm] = 5  # white matter
     tissue[vent] = 3  # ventricles (CSF)
-    t1 = lookup(tissue, [0, 420, 70, 90, 260, 400])
-    t1 = ndimage.gaussian_filter(t1, 0.7)
+    if hard:
+        tissue[brain & ~wm & (np.abs(sulci) < 0.12) & (brain_rho > 0.8)] = 3  # sulcal CSF, inside the mask
+        t1 = lookup(tissue, [0, 380, 130, 150, 250, 360, 235])
+        t1 = ndimage.gaussian_filter(t1, 1.1)
+    else:
+        t1 = lookup(tissue, [0, 420, 70, 90, 260, 400])
+        t1 = ndimage.gaussian_filter(t1, 0.7)
     t1 *= 1.0 + 0.05 * smooth_noise(rng, shape, 1.0)
-    t1 *= bias_field(g, rng, 0.3) * rng.uniform(0.7, 1.4)
-    t1 = to_int16(rician_noise(rng, t1, 10.0), 0, 32767)
+    t1 *= bias_field(g, rng, 0.5 if hard else 0.3) * rng.uniform(0.7, 1.4)
+    t1 = to_int16(rician_noise(rng, t1, 22.0 if hard else 10.0), 0, 32767)
     brain_t1 = np.where(brain, t1, 0).astype(np.int16)
     return t1, brain_t1, brain.astype(np.uint8), affine
 
 
-def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48) -> str:
+def write_lookalike(out: str, cases: int = 8, seed: int = 0, size: int = 48, hard: bool = False) -> str:
     """Write ``OUT/NFBS_Dataset/<ID>/sub-<ID>_ses-NFB3_T1w[_brain|_brainmask].nii.gz``; return the root.
 
-    IDs look like the NKI Rockland ones (``A000`` + 5 digits) and are drawn from ``seed``.
+    IDs look like the NKI Rockland ones (``A000`` + 5 digits) and are drawn from ``seed``. ``hard``: heads
+    whose brain outline is harder to find (see :func:`_case`), for telling training recipes apart.
     """
     root = os.path.join(out, "NFBS_Dataset")
     os.makedirs(root, exist_ok=True)
     numbers = np.sort(case_rng(seed, 10**6).choice(90000, size=cases, replace=False) + 10000)
     for i in case_ids(cases):
         sid = f"A000{numbers[i]:05d}"
-        t1, brain, mask, affine = _case(case_rng(seed, i), size)
+        t1, brain, mask, affine = _case(case_rng(seed, i), size, hard)
         folder = os.path.join(root, sid)
         os.makedirs(folder, exist_ok=True)
         stem = os.path.join(folder, f"sub-{sid}_ses-NFB3_T1w")

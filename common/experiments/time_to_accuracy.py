@@ -149,6 +149,7 @@ def run(
     dataset_dir: str | None = None,
     datalist: str | None = None,
     cases: int = 24,
+    hard: bool = False,
     fold: int = 0,
     threads: int = 2,
     num_workers: int = 1,
@@ -164,7 +165,8 @@ def run(
         minutes, snapshot_minutes: the training budget and the snapshot interval (wall clock).
         work_dir: everything goes here; a rerun continues what is there.
         dataset_dir, datalist: the data (fold ``fold`` validates). Without them: ``cases`` look-alike cases at
-            the real release's size (as ``pocket engine_benchmark`` writes them), generated once in ``work_dir``.
+            the real release's size (as ``pocket engine_benchmark`` writes them), generated once in ``work_dir``;
+            ``hard``: the look-alike's hard mode (its default is easy enough that every recipe ends near 0.99).
         threads: CPU threads of training and scoring. num_workers: data-loader workers of training.
         override: further config overrides for every training (e.g. ``--cache_rate 0.5``).
     """
@@ -182,7 +184,7 @@ def run(
     if dataset_dir is None or datalist is None:
         from common.benchmarks.engines import SPECS, prepare_data
 
-        dataset_dir, datalist = prepare_data(SPECS[bundle], work / "data", cases)
+        dataset_dir, datalist = prepare_data(SPECS[bundle], work / "data", cases, hard=hard)
     from common.data.datalists import load_fold
 
     val = load_fold(datalist, dataset_dir, fold, "val")

@@ -15,6 +15,7 @@ from common.benchmarks.engines import (
     engine_benchmark,
     prepare_data,
     quick_spec,
+    resize_nifti,
     run_child,
     windows_processed,
 )
@@ -86,3 +87,27 @@ def test_release_list_datasets_get_a_list_of_the_cases_written(tmp_path) -> None
         for e in entries:
             files = [e["image"]] if isinstance(e["image"], str) else e["image"]
             assert all((Path(dataset_dir) / f).is_file() for f in [*files, e["label"]])
+
+
+def test_resize_keeps_labels_nearest_and_ramps_images_only_when_asked(tmp_path) -> None:
+    """``smooth_images`` (the hard look-alike): int16 images get linear partial-volume ramps, uint8 labels keep
+    their values; without it integers stay nearest, as the default benchmark data always were."""
+    import nibabel as nib
+
+    step = np.zeros((4, 4, 4), dtype=np.int16)
+    step[2:] = 100
+    for smooth, expected in ((False, {0, 100}), (True, None)):
+        for arr, name in ((step, "image.nii"), ((step > 0).astype(np.uint8), "label.nii")):
+            path = tmp_path / f"{smooth}_{name}"
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+            resize_nifti(path, (8, 8, 8), (0.5, 0.5, 0.5), smooth_images=smooth)
+            out = nib.load(str(path))
+            values = set(np.unique(np.asarray(out.dataobj)).tolist())
+            assert out.shape == (8, 8, 8) and out.get_data_dtype() == arr.dtype
+            assert np.allclose(out.header.get_zooms(), 0.5)
+            if name == "label.nii":
+                assert values == {0, 1}
+            elif expected is not None:
+                assert values == expected
+            else:
+                assert {0, 100} < values and all(0 <= v <= 100 for v in values)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lookalike_checks import SMALL, check_geometry, load, same_grid, shell
+from lookalike_checks import SMALL, check_geometry, confusable_shell, load, same_grid, shell
 from scipy import ndimage
 
 from common.datasets import lits
@@ -74,3 +74,18 @@ def test_lookalike_layout_and_content(lookalike: str) -> None:
 def test_lookalike_names_match_the_canonical_list(lookalike: str) -> None:
     first = lits.build_datalist()["training"][:4]
     assert {name for e in first for name in (e["image"], e["label"])} == set(os.listdir(lookalike))
+
+
+def test_hard_lookalike_puts_liver_like_tissue_against_the_liver(lookalike: str, tmp_path: Path) -> None:
+    """The hard mode: same files and label values, and about twice as much liver-like tissue around the liver
+    (no fat plane to the muscle wall, a stomach and spleen of nearly its density)."""
+    hard = lits.write_lookalike(str(tmp_path), cases=4, seed=0, size=SMALL, hard=True)
+    assert sorted(os.listdir(hard)) == sorted(os.listdir(lookalike))
+    easy, difficult = [], []
+    for n in range(4):
+        for root, out in ((lookalike, easy), (hard, difficult)):
+            ct = np.asarray(load(os.path.join(root, f"volume-{n}.nii")).dataobj)
+            lab = np.asarray(load(os.path.join(root, f"segmentation-{n}.nii")).dataobj)
+            assert set(np.unique(lab).tolist()) <= {0, 1, 2} and (lab == 1).any()
+            out.append(confusable_shell(ct, lab > 0))
+    assert np.mean(difficult) > 1.8 * np.mean(easy), (easy, difficult)

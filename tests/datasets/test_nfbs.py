@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lookalike_checks import SMALL, check_geometry, effect_size, load, paths_exist, same_grid, shell
+from lookalike_checks import SMALL, check_geometry, confusable_shell, effect_size, load, paths_exist, same_grid, shell
 from monai.data import load_decathlon_datalist
 
 from common.data.datalists import load_fold
@@ -98,3 +98,19 @@ def test_lookalike_lists_like_the_real_download(lookalike: str, tmp_path: Path) 
     d = nfbs.build_datalist(lookalike, out=str(out))
     assert [e["image"].split("/")[0] for e in d["training"]] == sorted(os.listdir(lookalike))
     assert paths_exist(load_fold(str(out), lookalike, 0, "all"))
+
+
+def test_hard_lookalike_hides_the_outline_and_keeps_the_layout(lookalike: str, tmp_path: Path) -> None:
+    """The hard mode (for telling training recipes apart): same files and subjects, an outline much harder to
+    find by intensity (muscle and dura like grey matter, thin CSF) and a more convoluted mask."""
+    hard = nfbs.write_lookalike(str(tmp_path), cases=3, seed=0, size=SMALL, hard=True)
+    assert sorted(os.listdir(hard)) == sorted(os.listdir(lookalike))
+    for sid in sorted(os.listdir(hard)):
+        stem = f"{sid}/sub-{sid}_ses-NFB3_T1w"
+        t1, mask, t1_easy, mask_easy = [np.asarray(load(f"{root}/{stem}{s}.nii.gz").dataobj)
+                                        for root in (hard, lookalike) for s in ("", "_brainmask")]
+        assert set(np.unique(mask).tolist()) == {0, 1} and 0.05 < mask.mean() < 0.7
+        np.testing.assert_array_equal(np.asarray(load(f"{hard}/{stem}_brain.nii.gz").dataobj),
+                                      np.where(mask > 0, t1, 0))
+        easy, difficult = confusable_shell(t1_easy, mask_easy > 0), confusable_shell(t1, mask > 0)
+        assert easy < 0.05 and difficult > 0.2, (sid, easy, difficult)

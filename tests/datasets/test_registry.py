@@ -70,6 +70,11 @@ def test_lookalike_ids_are_for_brats_only(tmp_path: Path) -> None:
         write_lookalike("lits", str(tmp_path), ids=[1])
 
 
+def test_hard_mode_is_for_nfbs_and_lits_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nfbs and lits look-alikes only, not to covidx"):
+        write_lookalike("covidx", str(tmp_path), hard=True)
+
+
 # ----------------------------------------------------------------------------------------- data list
 def test_write_all_reproduces_the_committed_lists(tmp_path: Path) -> None:
     written = write_all(str(tmp_path))
