@@ -44,7 +44,7 @@ HELP_ONLY = {
     "profile": "tests/benchmarks/test_profile.py runs the quick profile",
     "memory": "tests/inference/test_slabs_cascade.py runs a tiny memory benchmark",
     "cpu_options": "tests/training/test_cpu_options.py runs the A/B on a 2D bundle",
-    "experiment": "tests/experiments/ and tests/bundles/test_bundle_{cascade,prostate}.py run them small",
+    "experiment": "tests/experiments/ and tests/bundles/test_bundle_{cascade,prostate,brats_lowres}.py run them small",
     "engines": "tests/bundles/test_bundle_*.py run it on each bundle's trained model",
     "engine_benchmark": "tests/benchmarks/test_engine_benchmark.py runs it --quick",
 }

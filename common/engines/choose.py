@@ -38,6 +38,9 @@ VARIANTS = {
     # cent of the voxels and stays on torch
     "cascade": (["train.json", "evaluate.json", "evaluate_cascade.json"],
                 ["inference.json", "inference_cascade.json"]),
+    # the BraTS 2D low-resolution overlay (models/lowres_2d): slices at the input size
+    "lowres_2d": (["train.json", "train_lowres_2d.json", "evaluate_lowres_2d.json"],
+                  ["inference.json", "inference_lowres_2d.json"]),
 }
 
 
@@ -106,7 +109,8 @@ def engines(
         datalist: its data list (default: the bundle's).
         fold: the fold trained on (its training cases calibrate, its validation cases score).
         variant: ``""`` (the bundle's network), ``"slab"`` (the slab-wise model in ``models/slab``) or
-            ``"cascade"`` (the cascade's stage 2 in ``models/cascade``, scored on stage 1's guidance).
+            ``"cascade"`` (the cascade's stage 2 in ``models/cascade``, scored on stage 1's guidance) or
+            ``"lowres_2d"`` (BraTS's 2D low-resolution slices in ``models/lowres_2d``).
         bundle_root: where ``models/`` is (default: the bundle folder).
         calibration_cases: training-fold cases the INT8 calibration inputs are drawn from.
         calibration_samples: calibration inputs kept (windows, slices or images, drawn at random).

@@ -36,7 +36,7 @@ from common.datasets import prostate
 from common.errors import InvalidInputError
 from common.networks import count_parameters
 
-__all__ = ["BUDGETS", "BUNDLE_DIR", "make_data", "run_variant", "run", "format_table"]
+__all__ = ["BUDGETS", "BUNDLE_DIR", "format_table", "make_data", "run", "run_variant", "run_workflow"]
 
 BUNDLE_DIR = BUNDLES_DIR / "prostate_mri_segmentation"
 VARIANTS = ("head", "plain")
@@ -69,8 +69,10 @@ def make_data(out: str | Path, cases: int, seed: int, size: int) -> tuple[str, s
     return str(dataset_dir), str(datalist)
 
 
-def _workflow(configs: Sequence[str], workflow_type: str, verbose: bool, **override: Any) -> ConfigWorkflow:
-    cfg = BUNDLE_DIR / "configs"
+def run_workflow(bundle_dir: Path, configs: Sequence[str], workflow_type: str, verbose: bool,
+                 **override: Any) -> ConfigWorkflow:
+    """Initialize, run and finalize ``configs`` of ``bundle_dir`` (quiet unless ``verbose``); the workflow."""
+    cfg = bundle_dir / "configs"
     files = [str(cfg / c) for c in configs]
     if not verbose:  # keep the command's output to one line per run and the table
         override.update({"train#dataset#progress": False, "validate#dataset#progress": False})
@@ -120,16 +122,16 @@ def run_variant(
               "image_size": train["image_size"], "features": train["features"],
               "cpu_threads": train.get("threads", "auto")}  # the bundle would otherwise pick its own
     t0 = time.perf_counter()
-    wf = _workflow(["train.json"], "train", verbose, **common, epochs=train["epochs"], val_interval=train["epochs"],
-                   batch_size=train["batch_size"], num_samples=train["num_samples"],
-                   learning_rate=train["learning_rate"], resume=False)
+    wf = run_workflow(BUNDLE_DIR, ["train.json"], "train", verbose, **common, epochs=train["epochs"],
+                      val_interval=train["epochs"], batch_size=train["batch_size"], num_samples=train["num_samples"],
+                      learning_rate=train["learning_rate"], resume=False)
     train_s = time.perf_counter() - t0
     net = wf.parser.get_parsed_content("network_def")
     params = count_parameters(net)
     stages = int(wf.parser.get_parsed_content("head_stages"))
     out_side = input_size * 2**stages
     t0 = time.perf_counter()
-    ev = _workflow(["train.json", "evaluate.json"], "train", verbose, **common)
+    ev = run_workflow(BUNDLE_DIR, ["train.json", "evaluate.json"], "train", verbose, **common)
     eval_s = time.perf_counter() - t0
     state = ev.parser.get_parsed_content("validate#evaluator").state
     dice = state.metric_details["val_mean_dice"].float().mean(dim=1).tolist()
@@ -196,9 +198,10 @@ def format_table(results: Sequence[dict[str, Any]], budget: dict[str, Any], seed
 
 def run(
     out: str,
+    bundle: str = "prostate",
     quick: bool = False,
     tiny: bool = False,
-    sizes: Sequence[int] = (16, 32),
+    sizes: Sequence[int] | None = None,
     seed: int = 0,
     threads: int | None = None,
     verbose: bool = False,
@@ -211,19 +214,37 @@ def run(
     batch_size: int | None = None,
     num_samples: int | None = None,
     learning_rate: float | None = None,
+    **brats_options: Any,
 ) -> str:
     """Train the up-scaling head and the plain network per input size; return the Markdown table.
 
-    The budget is ``full`` (5 folds, 200 epochs), ``--quick`` or ``--tiny`` (see ``BUDGETS``); any of its
-    entries (``cases`` ... ``learning_rate``) can be set on its own, e.g. ``--epochs 10 --folds "[0,1]"``.
-    The table is also written to ``out/results.md``.
+    ``--bundle prostate`` (default): the paper's Table II on look-alike MSD prostate, input sizes 16 and 32. The
+    budget is ``full`` (5 folds, 200 epochs), ``--quick`` or ``--tiny`` (see ``BUDGETS``); any of its entries
+    (``cases`` ... ``learning_rate``) can be set on its own, e.g. ``--epochs 10 --folds "[0,1]"``.
+    ``--bundle brats``: the paper's Table III, per class, through the BraTS bundle's 2D overlay; it also takes
+    ``--variants head,plain,unet``, ``--slice_size``, ``--dataset_dir``/``--datalist`` (real data), ``--fold`` and
+    ``--engines False`` (see ``common.experiments.lowres_brats.run``). The table is also written to
+    ``out/results.md``.
     """
+    given = {"cases": cases, "data_size": data_size, "image_size": image_size, "features": features,
+             "epochs": epochs, "batch_size": batch_size, "num_samples": num_samples, "learning_rate": learning_rate}
+    if bundle == "brats":
+        from common.experiments import lowres_brats
+
+        if image_size is not None or folds is not None:
+            raise InvalidInputError("--bundle brats takes --slice_size and --fold, not --image_size or --folds.")
+        del given["image_size"]
+        return lowres_brats.run(out, quick=quick, tiny=tiny, sizes=sizes, seed=seed, threads=threads,
+                                verbose=verbose, **given, **brats_options)
+    if bundle != "prostate":
+        raise InvalidInputError(f"bundle must be prostate or brats, got {bundle!r}.")
+    if brats_options:
+        raise InvalidInputError(f"unknown option(s) for the prostate bundle: {', '.join(sorted(brats_options))}.")
+    given["folds"] = folds
+    sizes = (16, 32) if sizes is None else sizes
     if quick and tiny:
         raise InvalidInputError("choose at most one of --quick and --tiny.")
     budget = dict(BUDGETS["tiny" if tiny else "quick" if quick else "full"])
-    given = {"cases": cases, "data_size": data_size, "folds": folds, "image_size": image_size,
-             "features": features, "epochs": epochs, "batch_size": batch_size, "num_samples": num_samples,
-             "learning_rate": learning_rate}
     budget.update({k: v for k, v in given.items() if v is not None})
     budget["folds"] = [int(f) for f in (budget["folds"] if isinstance(budget["folds"], (list, tuple))
                                         else [budget["folds"]])]

@@ -14,6 +14,8 @@ from common.metrics.empty_masks import (
     spacing_of,
 )
 from common.metrics.handlers import EmptyMaskCounter, HausdorffDistance, MeanDice, SurfaceDistance
+from common.metrics.per_class import PerClassTable, per_class_rows
 
 __all__ = ["DiceMetric", "EmptyMaskCounter", "HausdorffDistance", "HausdorffDistanceMetric", "MeanDice",
-           "SurfaceDistance", "SurfaceDistanceMetric", "empty_masks", "image_diagonal", "spacing_of"]
+           "PerClassTable", "SurfaceDistance", "SurfaceDistanceMetric", "empty_masks", "image_diagonal",
+           "per_class_rows", "spacing_of"]

@@ -138,6 +138,9 @@ OVERLAY_BASES = {
     "inference_short.json": [["inference.json"]],
     "train_short_2d.json": [["train.json"]],
     "inference_short_2d.json": [["inference.json"]],
+    "train_lowres_2d.json": [["train.json"]],
+    "evaluate_lowres_2d.json": [["train.json", "train_lowres_2d.json"]],
+    "inference_lowres_2d.json": [["inference.json"]],
 }
 # Nested ids an overlay may add; every other nested id it sets must replace one of its base, so that renaming
 # a key in train.json cannot leave an overlay silently setting a key nothing reads.
@@ -147,6 +150,8 @@ NEW_NESTED = {
     "evaluate.json": {"validate#additional_metrics", "validate#evaluator#additional_metrics",
                       "validate#strategy_transforms"},
     "train_short_2d.json": {"train#augmentation#slice"},
+    "train_lowres_2d.json": {"train#augmentation#slice", "train#augmentation#affine_2d",
+                             "train#augmentation#resize_image", "train#augmentation#resize_label"},
 }
 
 
@@ -212,7 +217,7 @@ def test_logging_conf_is_byte_equal_across_bundles():
 
 def _overlays(bundle: str) -> list[str]:
     names = sorted(p.name for p in (bundle_dir(bundle) / "configs").glob("*.json"))
-    return [n for n in names if n not in ("metadata.json", "train.json", "inference.json")]
+    return [n for n in names if not n.startswith("metadata") and n not in ("train.json", "inference.json")]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

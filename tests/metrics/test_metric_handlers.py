@@ -55,3 +55,21 @@ def test_empty_prediction_and_empty_reference_are_scored_and_counted(tmp_path) -
         rows = {r["key"]: r for r in csv.DictReader(f)}
     assert rows["pred"] == {"key": "pred", "cases": "3", "cases_with_an_empty_class": "2"}
     assert rows["label"]["cases_with_an_empty_class"] == "1"
+
+
+def test_per_class_table_pools_voxels_and_averages_volumes_apart():
+    """A large well-segmented tumour and a small missed one: pooling weighs voxels, the per-volume mean weighs
+    volumes, and a class empty in both counts as 1 per volume without touching the pooled figure."""
+    from common.metrics import per_class_rows
+
+    # (volumes, classes, (TP, FP, FN)); class 0: big hit + small miss; class 1: a hit and an empty-in-both volume
+    counts = torch.tensor([[[90, 10, 0], [5, 0, 5]],
+                           [[0, 0, 10], [0, 0, 0]]])
+    big, small = per_class_rows(counts, ["a", "b"])
+    assert big["pooled_dice"] == pytest.approx(180 / 200)
+    assert big["pooled_jaccard"] == pytest.approx(90 / 110)
+    assert big["volume_dice"] == pytest.approx((180 / 190 + 0.0) / 2)
+    assert small["pooled_dice"] == pytest.approx(10 / 15)  # the empty volume adds nothing to the pool
+    assert small["volume_dice"] == pytest.approx((10 / 15 + 1.0) / 2)
+    assert (big["volumes_empty_in_both"], small["volumes_empty_in_both"]) == (0, 1)
+    assert small["volumes"] == 2
