@@ -112,7 +112,8 @@ def _fits(size: int | Sequence[int], arch: str, patch: Sequence[int]) -> bool:
 # ---------------------------------------------------------------- machine facts
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -121,6 +122,17 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    """One line naming the CPU, its core count and whether bf16 is native (the bundles' ``bf16: auto`` uses it).
+
+    Figures measured in different sessions may come from different machines; this line goes beside them.
+    """
+    from common.training.cpu import bf16_support
+
+    native = bf16_support()["native"]
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, bf16 {'native (on)' if native else 'not native (off)'}"
 
 
 def _mem_available_bytes() -> int | None:
@@ -337,7 +349,7 @@ def profile(
         "command": "pocket profile " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("profile.py")
         else "common.benchmarks.profile.profile(...)",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(), "cores": perf.physical_cores(), "threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cores": perf.physical_cores(), "threads": torch.get_num_threads(),
         "device": dev, "torch": torch.__version__, "python": platform.python_version(),
         "load_start": load_start, "mem_available_gib": None if avail is None else avail / 2**30,
         "patch": list(patch_t), "depth": depth_for_patch(patch_t), "batches": batches_l, "sizes": sizes_l,

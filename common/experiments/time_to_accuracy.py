@@ -34,6 +34,7 @@ import numpy as np
 import psutil
 
 from common import REPO_ROOT
+from common.benchmarks.profile import machine_summary
 from common.errors import InvalidInputError
 
 __all__ = ["RECIPES", "dice_on_input_grid", "run"]
@@ -43,7 +44,7 @@ BUNDLES = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segment
 #: recipe name -> overlays after train.json
 RECIPES = {"defaults": [], "cpu": ["train_cpu.json"], "cpu_head": ["train_cpu.json", "train_cpu_head.json"]}
 FIELDS = ["recipe", "width", "minutes", "wall_s", "cpu_s", "iteration", "s_per_step", "peak_rss_gb", "val_dice",
-          "cases", "snapshot"]
+          "cases", "snapshot", "machine"]
 
 
 def _csv_list(value: str | tuple[str, ...] | list[str]) -> list[str]:
@@ -162,12 +163,18 @@ def run(
         bundle: ``nfbs``, ``lits`` or ``brats``.
         recipes: comma-separated names of ``RECIPES`` (``defaults`` = the bundle's train.json alone).
         widths: ``pocket`` and/or ``full``.
-        minutes, snapshot_minutes: the training budget and the snapshot interval (wall clock).
+        minutes: the training budget (wall clock).
+        snapshot_minutes: the snapshot interval (wall clock).
         work_dir: everything goes here; a rerun continues what is there.
-        dataset_dir, datalist: the data (fold ``fold`` validates). Without them: ``cases`` look-alike cases at
-            the real release's size (as ``pocket engine_benchmark`` writes them), generated once in ``work_dir``;
-            ``hard``: the look-alike's hard mode (its default is easy enough that every recipe ends near 0.99).
-        threads: CPU threads of training and scoring. num_workers: data-loader workers of training.
+        dataset_dir: the data (fold ``fold`` validates). Without it and ``datalist``: ``cases`` look-alike cases
+            at the real release's size (as ``pocket engine_benchmark`` writes them), generated once in ``work_dir``.
+        datalist: the data list of ``dataset_dir``.
+        cases: look-alike cases to generate.
+        hard: the look-alike's hard mode (its default is easy enough that every recipe ends near 0.99).
+        fold: the validation fold.
+        threads: CPU threads of training and scoring.
+        num_workers: data-loader workers of training.
+        seed: of the look-alike data and of training.
         override: further config overrides for every training (e.g. ``--cache_rate 0.5``).
     """
     if bundle not in BUNDLES:
@@ -206,6 +213,8 @@ def run(
             finished = (run_dir / "finished").is_file()
             if not finished:
                 print(f"[time_to_accuracy] training {recipe} {width} for {minutes} min", flush=True)
+                if not (run_dir / "machine.txt").is_file():  # the machine the training runs on, beside its times
+                    (run_dir / "machine.txt").write_text(machine_summary())
                 peak = _train(configs, RECIPES[recipe], run_dir, {
                     "dataset_dir": dataset_dir, "datalist": datalist, "fold": fold, "pocket": width == "pocket",
                     "time_budget_minutes": minutes, "snapshot_minutes": snapshot_minutes, "epochs": 100000,
@@ -216,6 +225,11 @@ def run(
                 state.write_text(f"{max(old, peak):.3f}")
                 (run_dir / "finished").write_text("")
             peak_gb = float(state.read_text()) if state.is_file() else float("nan")
+            machine_file = run_dir / "machine.txt"
+            machine = machine_file.read_text().strip() if machine_file.is_file() else "unknown"
+            for r in rows:  # rows of a table written before machines were recorded
+                if r["recipe"] == recipe and r["width"] == width and not r.get("machine"):
+                    r["machine"] = machine
             with open(snaps / "snapshots.csv", newline="") as f:
                 snapshots = list(csv.DictReader(f))
             for snap in snapshots:
@@ -228,7 +242,7 @@ def run(
                              "wall_s": float(snap["wall_s"]), "cpu_s": float(snap["cpu_s"]), "iteration": it,
                              "s_per_step": round(float(snap["wall_s"]) / max(it, 1), 3),
                              "peak_rss_gb": round(peak_gb, 2), "val_dice": round(float(np.mean(dices)), 4),
-                             "cases": len(dices), "snapshot": snap["file"]})
+                             "cases": len(dices), "snapshot": snap["file"], "machine": machine})
                 _write(table, rows)
     _write(table, rows)
     plot(rows, work / "time_to_accuracy.png", bundle, threads)
@@ -286,4 +300,8 @@ def render(rows: list[dict[str, Any]], bundle: str, minutes: float, cases: int) 
         lines.append(f"| {key[0]} | {key[1]} | {float(last['s_per_step']):.2f} | {last['iteration']} | "
                      f"{float(last['peak_rss_gb']):.1f} | "
                      + " | ".join(f"{by_min[m]:.3f}" if m in by_min else "–" for m in marks) + " |")
+    machines = sorted({r.get("machine") or "unknown" for r in rows})
+    lines += ["", "Machine: " + "; ".join(
+        f"{m} ({', '.join(sorted({r['recipe'] for r in rows if (r.get('machine') or 'unknown') == m}))})"
+        for m in machines) if len(machines) > 1 else f"Machine: {machines[0]}."]
     return "\n".join(lines)

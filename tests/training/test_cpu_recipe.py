@@ -192,6 +192,10 @@ def test_time_to_accuracy_scores_its_snapshots_as_a_rescoring_does(data, tmp_pat
     assert all(float(r["wall_s"]) >= 60 * float(r["minutes"]) and int(r["iteration"]) > 0 for r in rows)
     assert float(rows[0]["cpu_s"]) > 0 and float(rows[0]["peak_rss_gb"]) > 0
     assert "| cpu_head | pocket |" in text and (work / "time_to_accuracy.png").stat().st_size > 10_000
+    from common.benchmarks.profile import machine_summary
+
+    assert {r["machine"] for r in rows} == {machine_summary()}  # tables gathered over sessions name their CPU
+    assert text.splitlines()[-1] == f"Machine: {machine_summary()}."
     run_dir = work / "runs" / "cpu_head_pocket"
     from common.data.datalists import load_fold
 
