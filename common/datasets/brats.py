@@ -33,7 +33,7 @@ from monai.transforms import MapTransform, RandRicianNoised
 from scipy import ndimage
 
 from common.data.datacheck import ITK_SUFFIXES
-from common.data.datalists import NUM_FOLDS, SEED, assign_folds, datalist_header, finish_datalist
+from common.data.datalists import NUM_FOLDS, SEED, assign_folds, datalist_header, finish_datalist, save_datalist
 from common.data.synthetic import (
     bias_field,
     blob,
@@ -59,6 +59,7 @@ __all__ = [
     "build_datalist",
     "case_name_formatter",
     "find_cases",
+    "lookalike_datalist",
     "regions_to_labels",
     "stack",
     "stack_cases",
@@ -103,6 +104,19 @@ def build_datalist(out: str | None = None, suffix: str = ".nii") -> dict:
     datalist["training"] = training
     datalist["testing"] = []
     return finish_datalist(datalist, out)
+
+
+def lookalike_datalist(dataset_dir: str, out: str) -> str:
+    """The canonical list cut down to the case folders in ``dataset_dir``, each keeping its fold, written to ``out``.
+
+    A look-alike written with some case numbers (``write_lookalike(ids=...)``) then splits as the real release
+    does, case 355's mask alias included. Returns ``out``.
+    """
+    names = {n for n in os.listdir(dataset_dir) if os.path.isdir(os.path.join(dataset_dir, n))}
+    datalist = build_datalist()
+    datalist["training"] = [e for e in datalist["training"] if e["label"].split("/")[0] in names]
+    save_datalist(datalist, out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- look-alike

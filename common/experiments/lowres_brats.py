@@ -59,7 +59,6 @@ BUDGETS: dict[str, dict[str, Any]] = {
 def make_data(out: str | Path, cases: int, seed: int, size: int) -> tuple[str, str]:
     """Look-alike BraTS 2020 under ``OUT/data`` (re-used when written with the same settings) and the committed
     data list cut down to its cases (their committed folds); returns ``(dataset_dir, datalist)``."""
-    from common.data.datalists import save_datalist
     from common.datasets import brats
 
     data_dir = Path(out) / "data"
@@ -69,12 +68,8 @@ def make_data(out: str | Path, cases: int, seed: int, size: int) -> tuple[str, s
     if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
         dataset_dir = Path(brats.write_lookalike(str(data_dir), cases=cases, seed=seed, size=size))
         stamp.write_text(json.dumps(wanted))
-    full = json.loads((REPO_ROOT / "data_lists" / brats.COMMITTED_LIST).read_text())
-    names = {p.name for p in dataset_dir.iterdir() if p.is_dir()}
-    full["training"] = [e for e in full["training"] if e["label"].split("/")[0] in names]
-    datalist = data_dir / "brats2020_lookalike.json"
-    save_datalist(full, str(datalist))
-    return str(dataset_dir), str(datalist)
+    datalist = brats.lookalike_datalist(str(dataset_dir), str(data_dir / "brats2020_lookalike.json"))
+    return str(dataset_dir), datalist
 
 
 def _read_per_class(eval_dir: Path) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import (
-    ROOT,
     assert_engine_record,
     assert_fp32_engines_agree,
     assert_inference_applies,
@@ -29,8 +28,7 @@ from bundle_helpers import (
 from monai.bundle import ConfigParser
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
-from common.data.datalists import save_datalist
-from common.datasets.brats import find_cases, regions_to_labels, stack_cases
+from common.datasets.brats import find_cases, lookalike_datalist, regions_to_labels, stack_cases
 from common.datasets.brats import write_lookalike as write_brats
 from common.engines import ENGINES
 
@@ -50,12 +48,7 @@ def data(tmp_path_factory):
     """Look-alike BraTS 2020 folder plus the committed data list cut down to the generated cases."""
     root = tmp_path_factory.mktemp("brats")
     ds = write_brats(str(root / "data"), seed=0, size=32, ids=IDS)
-    full = read_json(ROOT / "data_lists" / "brats2020.json")
-    names = {f"BraTS20_Training_{n:03d}" for n in IDS}
-    full["training"] = [e for e in full["training"] if e["label"].split("/")[0] in names]
-    datalist = str(root / "brats2020_lookalike.json")
-    save_datalist(full, datalist)
-    return {"dataset_dir": ds, "datalist": datalist}
+    return {"dataset_dir": ds, "datalist": lookalike_datalist(ds, str(root / "brats2020_lookalike.json"))}
 
 
 @pytest.fixture(scope="module")

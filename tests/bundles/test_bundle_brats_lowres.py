@@ -12,10 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import ROOT, SCHEMA, bundle_dir, read_json, run_workflow
+from bundle_helpers import SCHEMA, bundle_dir, read_json, run_workflow
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from common.data.datalists import save_datalist
+from common.datasets.brats import lookalike_datalist
 from common.datasets.brats import write_lookalike as write_brats
 from common.experiments import lowres as lowres_experiment
 from common.losses.multiscale import MultiScaleLoss
@@ -35,12 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("brats_lowres")
     ds = write_brats(str(root / "data"), seed=0, size=100, ids=IDS)
-    full = read_json(ROOT / "data_lists" / "brats2020.json")
-    names = {f"BraTS20_Training_{n:03d}" for n in IDS}
-    full["training"] = [e for e in full["training"] if e["label"].split("/")[0] in names]
-    datalist = str(root / "brats2020_lookalike.json")
-    save_datalist(full, datalist)
-    return {"dataset_dir": ds, "datalist": datalist}
+    return {"dataset_dir": ds, "datalist": lookalike_datalist(ds, str(root / "brats2020_lookalike.json"))}
 
 
 @pytest.fixture(scope="module")
