@@ -276,11 +276,11 @@ def test_experiment_threads_reach_the_bundle(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def first_workflow(configs, workflow_type, verbose, **override):
+    def first_workflow(bundle_dir, configs, workflow_type, verbose, **override):
         seen.update(override)
         raise Stop
 
-    monkeypatch.setattr(lowres_experiment, "_workflow", first_workflow)
+    monkeypatch.setattr(lowres_experiment, "run_workflow", first_workflow)
     with pytest.raises(Stop):
         lowres_experiment.run(str(tmp_path), tiny=True, threads=1)
     assert seen["cpu_threads"] == 1
