@@ -83,8 +83,14 @@ def demo(out: str = "demo_output", cases: int = 8, epochs: int = 10, arch: str =
         "predictions": len(list(Path(pred_dir).glob("*_seg.nii.gz"))),
         "minutes": round((time.time() - start) / 60, 1),
     }
+    eval_dir = Path(bundle_root) / "eval"
+    pictures = {"worst / median / best case": eval_dir / "cases.png", "Dice and HD95 per strategy": eval_dir /
+                "boxplot.png", "training curves": f"tensorboard --logdir {eval_dir}"}
     print("\n=== demo summary (pocket U-Net, look-alike NFBS, CPU)")
     for key, value in result.items():
+        print(f"{key:>26}: {value}")
+    print("\n=== pictures")
+    for key, value in pictures.items():
         print(f"{key:>26}: {value}")
     print(f"outputs under {out_dir}")
     return result

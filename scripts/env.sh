@@ -1,11 +1,11 @@
 # Source me: creates ./.venv on first use and installs the collection into it, always with the exact
 # versions of requirements/constraints.txt (see docs/dependencies.md). Needs only Python >= 3.11 and git.
 # Re-installs when pyproject.toml or the constraints file changes. POCKET_EXTRAS picks the extras
-# (default "test,cpu": the tests and the CPU inference engines; e.g. POCKET_EXTRAS=test,cpu,tracking for tracking too).
+# (default "test,cpu,tracking": the tests, the CPU inference engines, TensorBoard and MLflow; e.g. POCKET_EXTRAS=test,cpu,ray for Ray too).
 set -e
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-POCKET_EXTRAS="${POCKET_EXTRAS:-test,cpu}"
+POCKET_EXTRAS="${POCKET_EXTRAS:-test,cpu,tracking}"
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
     echo "[setup] creating $ROOT/.venv with $PY"
     "$PY" -m venv "$ROOT/.venv"

@@ -312,3 +312,47 @@ def write_itk_copy(nifti_file: str | os.PathLike, out_file: str | os.PathLike) -
 
     itk.imwrite(itk.imread(str(nifti_file)), str(out_file))
     return str(out_file)
+
+
+# ------------------------------------------------------------------------------------------ what users see
+def assert_tensorboard_tags(eval_dir: str | os.PathLike, epochs: int, val_interval: int,
+                            train_metric: str = "train_mean_dice", val_metric: str = "val_mean_dice",
+                            images: bool = True) -> dict:
+    """A training wrote TensorBoard events into ``eval_dir`` (read back with TensorBoard's own reader):
+    ``train_loss`` per iteration, the training metric and ``lr`` per epoch, the validation metric at every
+    validation, and image / label / prediction slices of the validation cases. Returns the scalar tags' steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(eval_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in tags["scalars"]}
+    assert {"train_loss", train_metric, val_metric, "lr"} <= set(steps), tags["scalars"]
+    assert steps["lr"] == steps[train_metric] == list(range(1, epochs + 1)), steps
+    assert steps[val_metric] == list(range(val_interval, epochs + 1, val_interval)), steps
+    assert len(steps["train_loss"]) >= epochs and steps["train_loss"] == sorted(steps["train_loss"])
+    if images:
+        for key in ("image", "label", "pred"):
+            assert f"val_{key}/0" in tags["images"], tags["images"]
+            assert [e.step for e in events.Images(f"val_{key}/0")] == steps[val_metric]
+    return steps
+
+
+def assert_case_pictures(eval_dir: str | os.PathLike, metric: str = "val_mean_dice") -> dict:
+    """An evaluation wrote ``cases.png`` and ``boxplot.png``, and the worst, median and best case that
+    ``cases.png`` shows are those of the per-case CSV (ties: the first in the CSV). Returns the picture's record."""
+    from PIL import Image
+
+    from common.metrics.pictures import pick_cases, read_description
+
+    per_case = read_per_case(eval_dir, metric)
+    names, scores = list(per_case), list(per_case.values())
+    shown = read_description(Path(eval_dir) / "cases.png")
+    assert shown["metric"] == metric
+    for rank, index in pick_cases(scores).items():
+        assert shown[rank]["id"] == names[index], (rank, shown, per_case)
+        assert abs(shown[rank]["score"] - scores[index]) < 1e-4, (rank, shown, per_case)
+    for png in ("cases.png", "boxplot.png"):
+        with Image.open(Path(eval_dir) / png) as image:
+            assert min(image.size) >= 300, (png, image.size)  # drawn, at a readable size
+    return shown

@@ -22,3 +22,6 @@ def test_demo_trains_evaluates_and_infers(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "-m monai.bundle run training" in printed  # the real CLI command is shown
     assert "demo summary" in printed
+    for picture in ("cases.png", "boxplot.png"):  # the demo says where the evaluation's pictures are
+        path = tmp_path / "bundle" / "eval" / picture
+        assert str(path) in printed and path.is_file()

@@ -103,7 +103,7 @@ def cached_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     cache_rate: float = 1.0,
     num_workers: int | None = 1,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Dataset:
     """A dataset that runs ``transform``'s deterministic part once per case, kept where ``cache`` says.
 
@@ -114,9 +114,13 @@ def cached_dataset(
             (``PersistentDataset`` under ``cache_dir``) or ``"none"`` (``Dataset``: everything every epoch).
         cache_dir: the disk cache's folder (created); needed for ``"disk"``. Safe to share between runs and
             bundles: files are named by case and by preprocessing.
-        cache_rate, num_workers, progress: ``CacheDataset``'s (memory only).
+        cache_rate, num_workers, progress: ``CacheDataset``'s (memory only); ``progress`` defaults to a bar on a
+            terminal only (not on one, tqdm would print a line of carriage returns per dataset).
     """
     if cache == "memory":
+        from common.training.progress import on_terminal
+
+        progress = on_terminal() if progress is None else progress
         return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers,
                             progress=progress)
     if cache == "disk":

@@ -349,8 +349,10 @@ def check_datalist(
     data = list(data)
     if not data:
         raise DataCheckError("The data list is empty: there are no cases to check.", [], 0)
+    from common.training.progress import progress
+
     problems = []
-    for index, entry in enumerate(data):
+    for index, entry in enumerate(progress(data, "data check", logger)):
         try:
             _check_entry(entry, index, allowed_channels, label_values, image_key, label_key, check_grid,
                          spatial_dims, check_voxels)

@@ -38,7 +38,8 @@ from common.errors import InvalidInputError
 __all__ = ["Run", "config_hash", "execute", "run_all", "state"]
 
 EXECUTORS = ("local", "ray")
-_EPOCH = re.compile(r"Epoch: (\d+)/(\d+)")
+# the bundles' progress line ("epoch 3/300, loss ...", per epoch) or MONAI's per-iteration one at DEBUG
+_EPOCH = re.compile(r"(?:Epoch: |\bepoch )(\d+)/(\d+)")
 
 
 @dataclass

@@ -46,15 +46,18 @@ class BudgetedInferer(Inferer):
         multiple: what the network's input sizes must be multiples of; default: the network's ``multiple``.
         bytes_per_voxel: peak bytes per input voxel; default: the engine's measured ``bytes_per_voxel``. Without
             either the volume always goes through the sliding window.
+        progress: a tqdm bar over the windows of a sliding-window pass (default: on a terminal only).
     """
 
     def __init__(self, roi_size: Sequence[int], sw_batch_size: int = 1, overlap: float = 0.5, mode: str = "gaussian",
                  sigma_scale: float = 0.125, max_memory_gb: float | str | None = "auto",
                  multiple: Sequence[int] | int | None = None, bytes_per_voxel: float | None = None,
-                 **kwargs: Any) -> None:
+                 progress: bool | None = None, **kwargs: Any) -> None:
+        from common.training.progress import on_terminal
+
         super().__init__()
         self.sliding = SlidingWindowInferer(roi_size, sw_batch_size, overlap, mode=mode, sigma_scale=sigma_scale,
-                                            **kwargs)
+                                            progress=on_terminal() if progress is None else progress, **kwargs)
         self.max_memory_gb = max_memory_gb
         self.multiple = multiple
         self.bytes_per_voxel = bytes_per_voxel

@@ -9,6 +9,7 @@ structure had been found perfectly.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,7 +67,11 @@ class _EmptyMaskRule:
         if bool((pred_empty | ref_empty).all()):  # nothing for MONAI to measure (and no warning about it)
             result = torch.zeros(pred_empty.shape, dtype=torch.float, device=y_pred.device)
         else:
-            result = super()._compute_tensor(y_pred, y, spacing=spacing, **kwargs).float()  # type: ignore[misc]
+            with warnings.catch_warnings():
+                # MONAI 1.6's own distance code passes get_mask_edges' deprecated always_return_as_numpy (not
+                # a call of ours to change); without the filter every evaluation prints its FutureWarning
+                warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+                result = super()._compute_tensor(y_pred, y, spacing=spacing, **kwargs).float()  # type: ignore[misc]
         for b in range(result.shape[0]):
             diagonal = image_diagonal(y_pred.shape[2:], None if spacing is None else spacing[b])
             result[b][pred_empty[b] & ref_empty[b]] = 0.0

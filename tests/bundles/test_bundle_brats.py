@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import (
+    assert_case_pictures,
     assert_engine_record,
     assert_fp32_engines_agree,
     assert_inference_applies,
@@ -102,6 +103,7 @@ def test_evaluate_scores_every_strategy_and_records_the_best(data, trained):
     stats = (root / "eval" / "val_hd95_summary.csv").read_text()
     assert "mean" in stats and "median" in stats and "std" in stats
     assert_strategy_record(root / "eval", root / "models" / "postprocessing.json")  # scores = metrics.csv
+    assert_case_pictures(root / "eval")  # four modalities: the first is shown
 
 
 def test_inference_writes_masks_on_the_input_grid(data, trained, tmp_path):

@@ -112,7 +112,10 @@ def test_torchscript_export_and_reload(bundle, tmp_path):
 # The bundles are self-contained (model-zoo style): what they have in common is copied into each. These tests
 # keep the copies equal. What one bundle adds on purpose is listed here, by bundle and key; anything else that
 # differs fails. LiTS refuses to train or infer on placeholder intensity statistics (common.data.fingerprint).
-SPECIFIC = {"lits_liver_ct_segmentation": {"initialize": ["$common.data.fingerprint.check(@fingerprint)"]}}
+PICTURES = "$common.metrics.classification_pictures.write_classification_pictures(@eval_dir + '/predictions.csv')"
+SPECIFIC = {"lits_liver_ct_segmentation": {"initialize": ["$common.data.fingerprint.check(@fingerprint)"]},
+            # a classification evaluation draws its ROC curve and confusion matrix from predictions.csv
+            "covidx_cxr_classification": {"evaluate.json:run": [PICTURES]}}
 SHARED = {
     "train.json": ["initialize", "run", "finalize", "training", "train#handlers", "train#log_handlers",
                    "train#trainer#train_handlers", "train#resume_handlers", "train#save_handlers"],
@@ -167,9 +170,10 @@ def _raw(bundle: str, config: str, key: str):
     return value
 
 
-def _without_specific(bundle: str, key: str, value):
-    """``value`` less what SPECIFIC lists for ``bundle`` and ``key``, which must all be there."""
-    extras = SPECIFIC.get(bundle, {}).get(key, [])
+def _without_specific(bundle: str, key: str, value, config: str | None = None):
+    """``value`` less what SPECIFIC lists for ``bundle`` and ``key`` (or ``<config>:<key>``), which must all be
+    there."""
+    extras = SPECIFIC.get(bundle, {}).get(f"{config}:{key}", SPECIFIC.get(bundle, {}).get(key, []))
     if not extras or value is None:
         return value
     missing = [e for e in extras if e not in value]
@@ -188,7 +192,7 @@ def _assert_same(values: dict[str, object], what: str) -> None:
 @pytest.mark.parametrize("config,key", [(c, k) for c, keys in SHARED.items() for k in keys])
 def test_shared_sections_are_equal_across_bundles(config, key):
     """The initialize/run/finalize pattern, the trainer's handlers and the resume handlers are one design."""
-    values = {b: _without_specific(b, key, _raw(b, config, key)) for b in BUNDLES}
+    values = {b: _without_specific(b, key, _raw(b, config, key), config) for b in BUNDLES}
     if key in ("run", "training", "evaluating", "inferring", "train#handlers", "train#resume_handlers"):
         assert all(v is not None for v in values.values()), f"{config} {key} missing: {values}"
     _assert_same(values, f"{config} {key}")

@@ -15,6 +15,7 @@ import pytest
 from bundle_helpers import (
     ROOT,
     assert_engine_record,
+    assert_tensorboard_tags,
     assert_training_refuses,
     bundle_dir,
     change_checkpoint,
@@ -113,6 +114,11 @@ def test_training_learns_covid_positive_films(trained):
     assert (models / f"last_checkpoint_epoch={EPOCHS}.pt").exists()
 
 
+def test_training_writes_tensorboard_events_with_the_named_tags(trained):
+    assert_tensorboard_tags(trained["root"] / "eval", epochs=EPOCHS, val_interval=1, train_metric="train_accuracy",
+                            val_metric="val_auc", images=False)
+
+
 @pytest.mark.parametrize("split,section", [("val", "training"), ("test", "testing")])
 def test_evaluate_writes_the_summary_and_one_row_per_image(data, trained, split, section):
     root = trained["root"]
@@ -137,6 +143,16 @@ def test_evaluate_writes_the_summary_and_one_row_per_image(data, trained, split,
     positives = [r for r in rows if r["label"] == "1"]
     sensitivity = sum(r["predicted_class"] == "1" for r in positives) / len(positives)
     assert abs(sensitivity - float(summary["sensitivity"])) < 1e-4
+    # the pictures: the ROC's AUC is the evaluation's, the confusion matrix counts the table's rows
+    from common.metrics.pictures import read_description
+
+    roc = read_description(out / "roc.png")
+    assert roc["cases"] == len(rows) and abs(roc["auc"]["positive"] - float(summary["auc"])) < 1e-4, roc
+    matrix = read_description(out / "confusion.png")["matrix"]
+    for ref in (0, 1):
+        for pred in (0, 1):
+            assert matrix[ref][pred] == sum(int(r["label"]) == ref and int(r["predicted_class"]) == pred
+                                            for r in rows), (ref, pred, matrix)
 
 
 def test_inference_writes_a_prediction_csv_for_a_folder(data, trained, tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from bundle_helpers import (
     ROOT,
+    assert_case_pictures,
     assert_engine_record,
     assert_fp32_engines_agree,
     assert_strategy_record,
@@ -188,6 +189,7 @@ def test_evaluate_scores_every_strategy_and_records_the_best(data, configs, trai
     stats = (root / "eval" / "val_hd95_summary.csv").read_text()
     assert "mean" in stats and "median" in stats and "std" in stats
     assert_strategy_record(root / "eval", root / "models" / "postprocessing.json")  # scores = metrics.csv
+    assert_case_pictures(root / "eval")
 
 
 def test_inference_writes_liver_masks_on_the_input_grid(data, configs, trained, tmp_path):

@@ -16,8 +16,10 @@ import torch
 from bundle_helpers import (
     ROOT,
     agreement,
+    assert_case_pictures,
     assert_engine_record,
     assert_strategy_record,
+    assert_tensorboard_tags,
     assert_training_refuses,
     bundle_dir,
     change_checkpoint,
@@ -78,6 +80,11 @@ def test_evaluate_scores_every_strategy_and_records_the_best(data, trained):
     stats = (root / "eval" / "val_hd95_summary.csv").read_text()
     assert "mean" in stats and "median" in stats and "std" in stats
     assert_strategy_record(root / "eval", root / "models" / "postprocessing.json")  # scores = metrics.csv
+    assert_case_pictures(root / "eval")
+
+
+def test_training_writes_tensorboard_events_with_the_named_tags(trained):
+    assert_tensorboard_tags(trained["root"] / "eval", epochs=12, val_interval=4)
 
 
 def test_inference_writes_masks_on_the_input_grid(data, trained, tmp_path):

@@ -20,8 +20,10 @@ import torch
 from bundle_helpers import (
     ROOT,
     SCHEMA,
+    assert_case_pictures,
     assert_engine_record,
     assert_fp32_engines_agree,
+    assert_tensorboard_tags,
     assert_training_refuses,
     bundle_dir,
     engine_used,
@@ -85,6 +87,10 @@ def test_training_learns_prostate_at_original_resolution(trained):
     assert (models / "last_checkpoint_epoch=30.pt").exists()
 
 
+def test_training_writes_tensorboard_events_with_the_named_tags(trained):
+    assert_tensorboard_tags(trained["root"] / "eval", epochs=30, val_interval=5)  # 2D slices
+
+
 def test_evaluate_writes_dice_and_jaccard_per_case(data, trained):
     root = trained["root"]
     run_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", root, **data, **TINY)
@@ -98,6 +104,7 @@ def test_evaluate_writes_dice_and_jaccard_per_case(data, trained):
         assert all("prostate_" in r for r in rows[1:])
         stats = (root / "eval" / f"{metric}_summary.csv").read_text()
         assert "mean" in stats and "std" in stats
+    assert_case_pictures(root / "eval")  # 2D slices of the volumes
 
 
 def test_inference_writes_3d_masks_on_the_input_grid_and_skips_junk(data, trained, tmp_path):

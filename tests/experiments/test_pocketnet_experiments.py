@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from bundle_helpers import assert_tensorboard_tags
 from scipy import stats
 
 from common import REPO_ROOT
@@ -129,7 +130,7 @@ def test_the_same_grid_runs_through_a_local_ray_instance(table1, ray_installed, 
     _check_report(out)
     assert "| unet | pocket |" in text
     for run_dir in (out / "runs").glob("*/*"):
-        assert "Epoch: 3/3" in (run_dir / "log.txt").read_text()
+        assert "epoch 3/3, loss" in (run_dir / "log.txt").read_text()  # the training's progress line
     # each task ran the same child command as the local runs, with the same merged configs but for the data paths
     for run_dir in (out / "runs").glob("*/*"):
         local = json.loads((table1[0] / run_dir.relative_to(out) / "run.json").read_text())
@@ -288,7 +289,8 @@ def test_a_run_can_train_with_ddp_under_torchrun(tmp_path):
                        cases=10, size=32, **{**TINY, "epochs": 1, "val_interval": 1})
     run_dir = tmp_path / "runs" / "unet-pocket" / "fold0"
     log = (run_dir / "log.txt").read_text()
-    assert "Epoch: 1/1, Iter: 2/2" in log and "Iter: 3/" not in log
+    assert "epoch 1/1, loss" in log
+    assert assert_tensorboard_tags(run_dir / "eval", epochs=1, val_interval=1)["train_loss"] == [1, 2]  # 2 steps
     assert json.loads((run_dir / "train_overrides.json").read_text())["fold"] == 0
     scored = _csv(run_dir / "eval" / "val_mean_dice_raw.csv")
     assert (run_dir / "models" / "model.pt").is_file() and len(scored) == 2
