@@ -48,9 +48,10 @@ HELP_ONLY = {
     "engines": "tests/bundles/test_bundle_*.py run it on each bundle's trained model",
     "engine_benchmark": "tests/benchmarks/test_engine_benchmark.py runs it --quick",
 }
-#: Shell lines that are not ours to run here (package managers, the MONAI Label server, shell plumbing).
+#: Shell lines that are not ours to run here (package managers, the MONAI Label server, shell plumbing; the
+#: unpacking of the model cards' "Your data" sections runs in tests/test_your_data.py).
 NOT_OURS = ("pip", "monailabel", "ln", "export", "tox", "git", "tensorboard", "mlflow", "cp", "python3.11",
-            "python3", "rm", "mkdir")
+            "python3", "rm", "mkdir", "tar", "unzip", "mv")
 SCRIPTS = ("bash scripts/demo.sh", "bash scripts/test.sh")
 #: Keys `monai.bundle run` takes itself rather than from the config.
 RUN_ARGS = {"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "args_file"}
