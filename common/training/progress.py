@@ -74,10 +74,13 @@ class ProgressHandler:
         name: the logger the lines go to.
         total: the number of cases, for a data loader whose length ignite does not know until the end (an
             inference that leaves out unreadable images); default: the engine's ``epoch_length``.
+        time_budget: a training's ``TimeBudget``: with a budget the run ends when it is spent, which the ETA
+            then says instead of the (nominal) epochs left.
     """
 
     def __init__(self, unit: str = "epoch", output_transform: Callable[[Any], Any] | None = None,
-                 terminal: bool | None = None, name: str = __name__, total: int | None = None) -> None:
+                 terminal: bool | None = None, name: str = __name__, total: int | None = None,
+                 time_budget: Any = None) -> None:
         if unit not in ("epoch", "case"):
             raise ValueError(f"unit must be 'epoch' or 'case', got {unit!r}.")
         self.unit = unit
@@ -85,6 +88,7 @@ class ProgressHandler:
         self.terminal = on_terminal() if terminal is None else terminal
         self.logger = logging.getLogger(name)
         self.total = total
+        self.time_budget = time_budget
         self._start = self._epoch_start = 0.0
         self._first_epoch = 0
         self._losses: list[float] = []
@@ -124,8 +128,11 @@ class ProgressHandler:
         per_epoch = (now - self._start) / max(done, 1)
         left = (state.max_epochs or state.epoch) - state.epoch
         loss = f", loss {sum(self._losses) / len(self._losses):.4f}" if self._losses else ""
+        eta, budget = left * per_epoch, getattr(self.time_budget, "budget_s", None)
+        if budget:
+            eta = min(eta, max(0.0, budget - self.time_budget.elapsed_s()))
         self.logger.info(f"epoch {state.epoch}/{state.max_epochs}{loss}, {duration(now - self._epoch_start)} "
-                         f"this epoch, elapsed {duration(now - self._start)}, ETA {duration(left * per_epoch)}")
+                         f"this epoch, elapsed {duration(now - self._start)}, ETA {duration(eta)}")
 
     def _case_line(self, engine: Engine) -> None:
         now, state = time.perf_counter(), engine.state

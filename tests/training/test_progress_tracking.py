@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from common.metrics.classification_pictures import roc_curve
 from common.metrics.pictures import case_slices, pick_cases
@@ -30,6 +30,22 @@ def test_training_off_a_terminal_logs_one_line_per_epoch_with_the_mean_loss(capl
     assert [line.split(",")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert [line.split(",")[1] for line in lines] == [" loss 2.0000", " loss 2.0000", " loss 0.5000"]
     assert lines[-1].endswith("ETA 0.0 s") and "ETA" in lines[0]
+
+
+def test_with_a_time_budget_the_eta_is_the_budget_left(caplog):
+    class Budget:  # a TimeBudget 50 s into a 60 s budget
+        budget_s = 60.0
+
+        def elapsed_s(self) -> float:
+            return 50.0
+
+    engine = Engine(lambda e, batch: {"loss": 1.0})
+    ProgressHandler("epoch", output_transform=lambda out: out["loss"], terminal=False,
+                    time_budget=Budget()).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.terminate())  # after the progress line
+    with caplog.at_level(logging.INFO):
+        engine.run([0], max_epochs=10**9)  # the nominal epochs of a budgeted run
+    assert _lines(caplog, f"epoch 1/{10**9}")[0].endswith("ETA 10.0 s")
 
 
 def test_on_a_terminal_a_bar_shows_the_epoch_with_its_loss(capsys, caplog):
