@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from common.training.tracking import as_numpy as _as_numpy
+
 __all__ = ["EvaluationPictures", "case_slices", "pick_cases", "read_description"]
 
 logger = logging.getLogger(__name__)
@@ -190,12 +192,6 @@ def _per_case_mean(values: Any) -> list[float]:
     array = array.reshape(len(array), -1).astype(float)
     with np.errstate(all="ignore"):
         return [float(v) for v in np.nanmean(array, axis=1)]
-
-
-def _as_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().float().numpy()
-    return np.asarray(value, dtype=np.float32)
 
 
 def _class_map(value: Any) -> np.ndarray:

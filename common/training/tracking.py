@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["LearningRateWriter", "ValidationSlices", "center_slice", "TensorBoardWriter", "tensorboard_available"]
+__all__ = ["LearningRateWriter", "TensorBoardWriter", "ValidationSlices", "as_numpy", "center_slice",
+           "tensorboard_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ValidationSlices:
         for item in outputs:
             if len(self._slices[self.keys[0]]) >= self.max_cases:
                 return
-            image, label, pred = (_as_numpy(item[key]) for key in self.keys)
+            image, label, pred = (as_numpy(item[key]) for key in self.keys)
             label_map, pred_map = _class_map(label), _class_map(pred)
             if label_map.ndim == 3:
                 z = center_slice(label_map)
@@ -134,7 +135,8 @@ class ValidationSlices:
         self.writer.flush()
 
 
-def _as_numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
+    """A tensor or array as float32 numpy, on the CPU."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().float().numpy()
     return np.asarray(value, dtype=np.float32)
