@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
+from common.data.datacheck import assert_valid
 from common.errors import InvalidInputError
 
 __all__ = ["CACHE_MODES", "cached_dataset", "hash_case", "hash_transforms"]
@@ -104,6 +105,7 @@ def cached_dataset(
     cache_rate: float = 1.0,
     num_workers: int | None = 1,
     progress: bool | None = None,
+    check: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """A dataset that runs ``transform``'s deterministic part once per case, kept where ``cache`` says.
 
@@ -116,7 +118,12 @@ def cached_dataset(
             bundles: files are named by case and by preprocessing.
         cache_rate, num_workers, progress: ``CacheDataset``'s (memory only); ``progress`` defaults to a bar on a
             terminal only (not on one, tqdm would print a line of carriage returns per dataset).
+        check: the data check's settings (``image_channels``, ``label_values``, ``spatial_dims``): every entry is
+            checked before anything is read (:func:`common.data.datacheck.assert_valid`). Here rather than around
+            the config's ``data`` so that a list put in its place (MONAI Label's datastore) is checked too.
     """
+    if check is not None:
+        data = assert_valid(data, **check)
     if cache == "memory":
         from common.training.progress import on_terminal
 

@@ -10,7 +10,7 @@ CLI::
     pocket datacheck data_lists/lits.json --dataset_dir /data/lits --label_values "[0,1,2]"
     pocket datacheck covidx.json --dataset_dir /data/covidx --split test --image_channels "(1,3)"
 
-Bundles call :func:`assert_valid` in their config, e.g.
+Bundles run it through their dataset (``common.data.caching.cached_dataset(check=...)``); elsewhere, e.g.
 ``"$common.data.datacheck.assert_valid(common.data.datalists.load_fold(@datalist, @dataset_dir, @fold, 'train'),
 image_channels=1, label_values=[0, 1])"``.
 """
