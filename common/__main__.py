@@ -29,6 +29,7 @@ from common.engines.choose import engines
 from common.experiments import activations, depth_ablation, full_vs_pocket, saturation, time_to_accuracy
 from common.experiments import cascade as cascade_experiment
 from common.experiments import lowres as lowres_experiment
+from common.monailabel.server import monailabel
 
 #: What a command raises for bad input: reported as one sentence, not as a traceback.
 USER_ERRORS = (DataCheckError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -79,6 +80,7 @@ COMMANDS: dict[str, Any] = {
     "cpu_options": command(cpu_options),
     "engines": command(engines),
     "engine_benchmark": command(engine_benchmark),
+    "monailabel": command(monailabel),
     "experiment": Group(
         "The papers' experiments, on your data or look-alike data: table1 (full vs pocket, k-fold, Wilcoxon), "
         "ablation (doubling up to level L), activations (mean activation per channel of table1's models), "

@@ -15,7 +15,7 @@ from typing import IO
 
 from common.errors import InvalidInputError
 
-__all__ = ["lock_checkpoint_dir"]
+__all__ = ["lock_checkpoint_dir", "release_checkpoint_dir"]
 
 _held: dict[str, IO[str]] = {}  # open lock files of this process, by folder (closing one would release it)
 
@@ -49,6 +49,15 @@ def lock_checkpoint_dir(ckpt_dir: str | os.PathLike) -> Path:
     _held[str(folder)] = f
     _remove_interrupted_writes(folder)
     return lock
+
+
+def release_checkpoint_dir(ckpt_dir: str | os.PathLike) -> bool:
+    """Let another process train on ``ckpt_dir`` before this one ends (a notebook or test that trained in-process
+    and hands the model to a server); returns whether this process held the lock."""
+    f = _held.pop(str(Path(ckpt_dir).resolve()), None)
+    if f is not None:
+        f.close()
+    return f is not None
 
 
 def _remove_interrupted_writes(folder: Path) -> None:
