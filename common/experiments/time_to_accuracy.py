@@ -146,6 +146,7 @@ def run(
     widths: str | tuple[str, ...] = "pocket",
     minutes: float = 60.0,
     snapshot_minutes: float = 15.0,
+    score_minutes: str | float | tuple[float, ...] | None = None,
     work_dir: str = "/tmp/time_to_accuracy",
     dataset_dir: str | None = None,
     datalist: str | None = None,
@@ -165,6 +166,9 @@ def run(
         widths: ``pocket`` and/or ``full``.
         minutes: the training budget (wall clock).
         snapshot_minutes: the snapshot interval (wall clock).
+        score_minutes: score only the snapshots taken at these minutes (comma-separated, e.g. ``15,30,60``;
+            default: every snapshot). Scoring the defaults' 1 mm sliding windows takes many minutes per snapshot on
+            a CPU; the others stay on disk, and a rerun without it scores them.
         work_dir: everything goes here; a rerun continues what is there.
         dataset_dir: the data (fold ``fold`` validates). Without it and ``datalist``: ``cases`` look-alike cases
             at the real release's size (as ``pocket engine_benchmark`` writes them), generated once in ``work_dir``.
@@ -186,6 +190,8 @@ def run(
     for w in width_names:
         if w not in ("pocket", "full"):
             raise InvalidInputError(f"width must be pocket or full, got {w!r}.")
+    wanted = None if score_minutes is None else [float(m) for m in _csv_list(  # fire passes 15,30,60 as a tuple
+        score_minutes if isinstance(score_minutes, str) else [str(m) for m in np.atleast_1d(score_minutes)])]
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if dataset_dir is None or datalist is None:
@@ -234,6 +240,8 @@ def run(
                 snapshots = list(csv.DictReader(f))
             for snap in snapshots:
                 if any(r["recipe"] == recipe and r["width"] == width and r["snapshot"] == snap["file"] for r in rows):
+                    continue
+                if wanted is not None and not any(abs(float(snap["minutes"]) - m) < 1e-3 for m in wanted):
                     continue
                 print(f"[time_to_accuracy] scoring {recipe} {width} {snap['file']}", flush=True)
                 dices = score_snapshot(configs, run_dir, snaps / snap["file"], val, dataset_dir, threads)

@@ -182,12 +182,18 @@ def test_time_to_accuracy_scores_its_snapshots_as_a_rescoring_does(data, tmp_pat
     from common.experiments import time_to_accuracy as tta
 
     work = tmp_path / "tta"
+    small = dict(threads=1, num_workers=0, patch_size=[32, 32, 32], depth=2, init_filters=8, learning_rate=3e-3,
+                 num_samples=4)
+    first = tta.run(bundle="nfbs", recipes="cpu_head", widths="pocket", minutes=0.5, snapshot_minutes=0.25,
+                    score_minutes=(0.5,), work_dir=str(work), dataset_dir=data["dataset_dir"],
+                    datalist=data["datalist"], **small)
+    with open(work / "time_to_accuracy.csv") as f:  # only the snapshot asked for is scored ...
+        assert [float(r["minutes"]) for r in csv.DictReader(f)] == [0.5]
+    assert "@0.25" not in first
     text = tta.run(bundle="nfbs", recipes="cpu_head", widths="pocket", minutes=0.5, snapshot_minutes=0.25,
-                   work_dir=str(work), dataset_dir=data["dataset_dir"], datalist=data["datalist"], threads=1,
-                   num_workers=0, patch_size=[32, 32, 32], depth=2, init_filters=8, learning_rate=3e-3,
-                   num_samples=4)
-    with open(work / "time_to_accuracy.csv") as f:
-        rows = list(csv.DictReader(f))
+                   work_dir=str(work), dataset_dir=data["dataset_dir"], datalist=data["datalist"], **small)
+    with open(work / "time_to_accuracy.csv") as f:  # ... and a rerun without score_minutes scores the other one
+        rows = sorted(csv.DictReader(f), key=lambda r: float(r["minutes"]))
     assert [float(r["minutes"]) for r in rows] == [0.25, 0.5]
     assert all(float(r["wall_s"]) >= 60 * float(r["minutes"]) and int(r["iteration"]) > 0 for r in rows)
     assert float(rows[0]["cpu_s"]) > 0 and float(rows[0]["peak_rss_gb"]) > 0
