@@ -215,3 +215,21 @@ def test_time_to_accuracy_scores_its_snapshots_as_a_rescoring_does(data, tmp_pat
     # a rerun finds everything done: no training, no scoring, the same table
     assert tta.run(bundle="nfbs", recipes="cpu_head", minutes=0.5, snapshot_minutes=0.25, work_dir=str(work),
                    dataset_dir=data["dataset_dir"], datalist=data["datalist"]) == text
+
+
+def test_time_to_accuracy_overrides_reach_the_bundle_with_their_types():
+    """The training child is ``python -m monai.bundle run`` (Python Fire): every override must parse back to itself.
+
+    JSON's ``false`` parses to the truthy string ``'false'``; before this was pinned, ``--widths full`` trained a
+    pocket network.
+    """
+    from fire.parser import DefaultParseValue
+
+    from common.experiments.time_to_accuracy import override_args
+
+    override = {"pocket": False, "bf16": True, "fold": 0, "time_budget_minutes": 0.5, "seed": None,
+                "dataset_dir": "/data/nfbs", "validate#dataset#cache": "none", "patch_size": [64, 64, 64]}
+    args = override_args(override)
+    assert args[:2] == ["--pocket", "False"]
+    parsed = {args[i][2:]: DefaultParseValue(args[i + 1]) for i in range(0, len(args), 2)}
+    assert parsed == override and all(type(parsed[k]) is type(v) for k, v in override.items())
