@@ -43,8 +43,8 @@ BUNDLES = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segment
            "brats": "brats_tumor_mri_segmentation"}
 #: recipe name -> overlays after train.json
 RECIPES = {"defaults": [], "cpu": ["train_cpu.json"], "cpu_head": ["train_cpu.json", "train_cpu_head.json"]}
-FIELDS = ["recipe", "width", "minutes", "wall_s", "cpu_s", "iteration", "s_per_step", "peak_rss_gb", "val_dice",
-          "cases", "snapshot", "machine"]
+FIELDS = ["recipe", "width", "parameters", "minutes", "wall_s", "cpu_s", "iteration", "s_per_step", "peak_rss_gb",
+          "val_dice", "cases", "snapshot", "machine"]
 
 
 def _csv_list(value: str | tuple[str, ...] | list[str]) -> list[str]:
@@ -144,6 +144,15 @@ def score_snapshot(configs: Path, run_dir: Path, snapshot: Path, val: list[dict[
     return dices
 
 
+def snapshot_parameters(snapshot: Path) -> int:
+    """Trainable parameters in a weights snapshot (normalisation running statistics left out)."""
+    import torch
+
+    state = torch.load(snapshot, map_location="cpu", weights_only=True)
+    return sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var",
+                                                                        "num_batches_tracked")))
+
+
 def _done_rows(table: Path) -> list[dict[str, str]]:
     if not table.is_file():
         return []
@@ -241,6 +250,10 @@ def run(
                 old = float(state.read_text()) if state.is_file() else 0.0
                 state.write_text(f"{max(old, peak):.3f}")
                 (run_dir / "finished").write_text("")
+            trained = json.loads((run_dir / "models" / "training_params.json").read_text()).get("pocket")
+            if bool(trained) != (width == "pocket"):  # as the network builder read it
+                raise RuntimeError(f"{run_dir} was to train the {width} width, but its training_params.json records "
+                                   f"pocket={trained!r}.")
             peak_gb = float(state.read_text()) if state.is_file() else float("nan")
             machine_file = run_dir / "machine.txt"
             machine = machine_file.read_text().strip() if machine_file.is_file() else "unknown"
@@ -249,6 +262,9 @@ def run(
                     r["machine"] = machine
             with open(snaps / "snapshots.csv", newline="") as f:
                 snapshots = list(csv.DictReader(f))
+            for r in rows:  # rows of a table written before parameters were recorded
+                if r["recipe"] == recipe and r["width"] == width and not r.get("parameters"):
+                    r["parameters"] = snapshot_parameters(snaps / r["snapshot"])
             for snap in snapshots:
                 if any(r["recipe"] == recipe and r["width"] == width and r["snapshot"] == snap["file"] for r in rows):
                     continue
@@ -257,7 +273,8 @@ def run(
                 print(f"[time_to_accuracy] scoring {recipe} {width} {snap['file']}", flush=True)
                 dices = score_snapshot(configs, run_dir, snaps / snap["file"], val, dataset_dir, threads)
                 it = int(snap["iteration"])
-                rows.append({"recipe": recipe, "width": width, "minutes": float(snap["minutes"]),
+                rows.append({"recipe": recipe, "width": width, "parameters": snapshot_parameters(snaps / snap["file"]),
+                             "minutes": float(snap["minutes"]),
                              "wall_s": float(snap["wall_s"]), "cpu_s": float(snap["cpu_s"]), "iteration": it,
                              "s_per_step": round(float(snap["wall_s"]) / max(it, 1), 3),
                              "peak_rss_gb": round(peak_gb, 2), "val_dice": round(float(np.mean(dices)), 4),
@@ -309,14 +326,15 @@ def render(rows: list[dict[str, Any]], bundle: str, minutes: float, cases: int) 
     marks = sorted({float(r["minutes"]) for r in rows})
     lines = [f"{bundle}: validation Dice on the input grid ({cases} cases) after training for the given minutes "
              f"(budget {minutes:g} min)", "",
-             "| recipe | width | s/step | steps | peak RSS GB | "
+             "| recipe | width | parameters | s/step | steps | peak RSS GB | "
              + " | ".join(f"Dice @{m:g} min" for m in marks) + " |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(marks)]
+             "|---|---|---:|---:|---:|---:|" + "---:|" * len(marks)]
     for key in sorted({(r["recipe"], r["width"]) for r in rows}, key=lambda k: (list(RECIPES).index(k[0]), k[1])):
         mine = sorted((r for r in rows if (r["recipe"], r["width"]) == key), key=lambda r: float(r["minutes"]))
         by_min = {float(r["minutes"]): float(r["val_dice"]) for r in mine}
         last = mine[-1]
-        lines.append(f"| {key[0]} | {key[1]} | {float(last['s_per_step']):.2f} | {last['iteration']} | "
+        params = f"{int(last['parameters']) / 1e6:.3f} M" if last.get("parameters") else "–"
+        lines.append(f"| {key[0]} | {key[1]} | {params} | {float(last['s_per_step']):.2f} | {last['iteration']} | "
                      f"{float(last['peak_rss_gb']):.1f} | "
                      + " | ".join(f"{by_min[m]:.3f}" if m in by_min else "–" for m in marks) + " |")
     machines = sorted({r.get("machine") or "unknown" for r in rows})

@@ -197,6 +197,10 @@ def test_time_to_accuracy_scores_its_snapshots_as_a_rescoring_does(data, tmp_pat
     assert [float(r["minutes"]) for r in rows] == [0.25, 0.5]
     assert all(float(r["wall_s"]) >= 60 * float(r["minutes"]) and int(r["iteration"]) > 0 for r in rows)
     assert float(rows[0]["cpu_s"]) > 0 and float(rows[0]["peak_rss_gb"]) > 0
+    from common.networks import count_parameters  # the table's parameters are those of the width asked for
+
+    pocket_head = get_network("unet", 3, 1, 2, init_filters=8, depth=2, pocket=True, head_stages=1, pool_input=True)
+    assert {int(r["parameters"]) for r in rows} == {count_parameters(pocket_head)}
     assert "| cpu_head | pocket |" in text and (work / "time_to_accuracy.png").stat().st_size > 10_000
     from common.benchmarks.profile import machine_summary
 
