@@ -118,6 +118,16 @@ def _workflow(run: dict[str, Any], files: list[str], run_dir: Path, override: di
     return wf
 
 
+def override_config(path: Path, override: dict[str, Any]) -> Path:
+    """Write ``override`` as the last config file of a ``python -m monai.bundle run`` child and return its path.
+
+    A JSON file keeps the values' types (``--pocket false`` on the command line would arrive as the truthy string
+    ``'false'``, ``--dataset_dir 2024`` as a number) and records what the child was run with.
+    """
+    path.write_text(json.dumps(override, indent=2))
+    return path
+
+
 def _torchrun_training(run: dict[str, Any], run_dir: Path, override: dict[str, Any]) -> Any:
     """Training under torchrun (``train_processes`` ranks, DDP through the bundle's multi_gpu_train.json).
 
@@ -130,9 +140,7 @@ def _torchrun_training(run: dict[str, Any], run_dir: Path, override: dict[str, A
     files = [str(configs / f) for f in run["train"]]
     if "multi_gpu_train.json" not in run["train"]:
         files.append(str(configs / "multi_gpu_train.json"))
-    extra = run_dir / "train_overrides.json"
-    extra.write_text(json.dumps(override, indent=2))
-    files.append(str(extra))
+    files.append(str(override_config(run_dir / "train_overrides.json", override)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            f"--nproc_per_node={run['train_processes']}", "-m", "monai.bundle", "run", "training",
            "--config_file", json.dumps(files), "--meta_file", str(configs / "metadata.json"),

@@ -36,8 +36,9 @@ import psutil
 from common import REPO_ROOT
 from common.benchmarks.profile import machine_summary
 from common.errors import InvalidInputError
+from common.experiments.runs import override_config
 
-__all__ = ["RECIPES", "dice_on_input_grid", "override_args", "run"]
+__all__ = ["RECIPES", "dice_on_input_grid", "run"]
 
 BUNDLES = {"nfbs": "nfbs_brain_mri_segmentation", "lits": "lits_liver_ct_segmentation",
            "brats": "brats_tumor_mri_segmentation"}
@@ -61,25 +62,13 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def override_args(override: dict[str, Any]) -> list[str]:
-    """``--key value`` arguments that ``python -m monai.bundle run`` (Python Fire) parses back to the same values.
-
-    Fire reads Python literals: JSON's ``false`` would arrive as the *string* ``'false'``, which is truthy, so
-    values are written with ``repr`` (``False``, ``None``, ``[64, 64, 64]``); strings go as they are.
-    """
-    args: list[str] = []
-    for key, value in override.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    return args
-
-
 def _train(configs: Path, overlays: list[str], run_dir: Path, override: dict[str, Any]) -> float:
     """Run the bundle's training in a child process; return the peak RSS (GB) of its process tree."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
-           "--config_file", json.dumps([str(configs / f) for f in ["train.json", *overlays]]),
+    files = [str(configs / f) for f in ["train.json", *overlays]]
+    files.append(str(override_config(run_dir / "train_overrides.json", override)))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
            "--bundle_root", str(run_dir)]
-    cmd += override_args(override)
     log = open(run_dir / "train.log", "a")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(run_dir))
     peak = [0]

@@ -221,19 +221,37 @@ def test_time_to_accuracy_scores_its_snapshots_as_a_rescoring_does(data, tmp_pat
                    dataset_dir=data["dataset_dir"], datalist=data["datalist"]) == text
 
 
-def test_time_to_accuracy_overrides_reach_the_bundle_with_their_types():
-    """The training child is ``python -m monai.bundle run`` (Python Fire): every override must parse back to itself.
+def test_time_to_accuracy_overrides_reach_the_bundle_with_their_types(tmp_path):
+    """The training child reads the overrides as its last config file, with their types and nested keys intact.
 
-    JSON's ``false`` parses to the truthy string ``'false'``; before this was pinned, ``--widths full`` trained a
-    pocket network.
+    On the command line (Python Fire) ``--pocket false`` arrived as the truthy string ``'false'``: before this was
+    pinned, ``--widths full`` trained a pocket network.
     """
-    from fire.parser import DefaultParseValue
+    from common.experiments.runs import override_config
 
-    from common.experiments.time_to_accuracy import override_args
+    override = {"pocket": False, "fold": 0, "time_budget_minutes": 0.5, "seed": None, "dataset_dir": "/data/2024",
+                "validate#dataset#cache": "none", "patch_size": [64, 64, 64]}
+    train = bundle_dir("nfbs_brain_mri_segmentation") / "configs" / "train.json"
+    files = [str(train), str(override_config(tmp_path / "o.json", override))]
+    parser = ConfigParser()
+    parser.read_config(ConfigParser.load_config_files(files))
+    for key, value in override.items():
+        assert parser[key] == value and type(parser[key]) is type(value), key
+    from common.networks import count_parameters  # and the network built is the full width
 
-    override = {"pocket": False, "bf16": True, "fold": 0, "time_budget_minutes": 0.5, "seed": None,
-                "dataset_dir": "/data/nfbs", "validate#dataset#cache": "none", "patch_size": [64, 64, 64]}
-    args = override_args(override)
-    assert args[:2] == ["--pocket", "False"]
-    parsed = {args[i][2:]: DefaultParseValue(args[i + 1]) for i in range(0, len(args), 2)}
-    assert parsed == override and all(type(parsed[k]) is type(v) for k, v in override.items())
+    full = count_parameters(parser.get_parsed_content("network_def"))
+    parser["pocket"] = True
+    assert full > 10 * count_parameters(parser.get_parsed_content("network_def", lazy=False))
+
+
+def test_time_to_accuracy_stops_when_the_width_trained_is_not_the_one_asked(data, tmp_path):
+    """A finished run whose training recorded another width is an error, not a row labelled with the wrong width."""
+    import common.experiments.time_to_accuracy as tta
+
+    run_dir = tmp_path / "runs" / "cpu_full"
+    (run_dir / "models").mkdir(parents=True)
+    (run_dir / "finished").write_text("")
+    (run_dir / "models" / "training_params.json").write_text('{"pocket": "false"}')  # what the old command recorded
+    with pytest.raises(RuntimeError, match="was to train the full width"):
+        tta.run(bundle="nfbs", recipes="cpu", widths="full", work_dir=str(tmp_path), dataset_dir=data["dataset_dir"],
+                datalist=data["datalist"])
