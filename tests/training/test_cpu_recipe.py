@@ -221,20 +221,35 @@ def test_time_to_accuracy_scores_its_snapshots_as_a_rescoring_does(data, tmp_pat
                    dataset_dir=data["dataset_dir"], datalist=data["datalist"]) == text
 
 
-def test_time_to_accuracy_overrides_reach_the_bundle_with_their_types(tmp_path):
-    """The training child reads the overrides as its last config file, with their types and nested keys intact.
+def test_time_to_accuracy_overrides_reach_the_bundle_with_their_types(tmp_path, monkeypatch):
+    """The training child gets the overrides as its last config file, with their types and nested keys intact.
 
     On the command line (Python Fire) ``--pocket false`` arrived as the truthy string ``'false'``: before this was
-    pinned, ``--widths full`` trained a pocket network.
+    pinned, ``--widths full`` trained a pocket network. The command ``_train`` starts is captured and read back.
     """
-    from common.experiments.runs import override_config
+    import json
+    import subprocess
+    import sys
 
+    import common.experiments.time_to_accuracy as tta
+
+    started, real_popen = [], subprocess.Popen
+
+    def fake_popen(cmd, **kwargs):  # record the training command, run a no-op child in its place
+        started.append(cmd)
+        return real_popen([sys.executable, "-c", "pass"], **kwargs)
+
+    monkeypatch.setattr(tta.subprocess, "Popen", fake_popen)
     override = {"pocket": False, "fold": 0, "time_budget_minutes": 0.5, "seed": None, "dataset_dir": "/data/2024",
                 "validate#dataset#cache": "none", "patch_size": [64, 64, 64]}
-    train = bundle_dir("nfbs_brain_mri_segmentation") / "configs" / "train.json"
-    files = [str(train), str(override_config(tmp_path / "o.json", override))]
+    configs = bundle_dir("nfbs_brain_mri_segmentation") / "configs"
+    tta._train(configs, ["train_cpu.json"], tmp_path, override)
+    (cmd,) = started
+    args = cmd[cmd.index("training") + 1:]
+    flags = dict(zip(args[::2], args[1::2]))
+    assert sorted(flags) == ["--bundle_root", "--config_file", "--logging_file", "--meta_file"]  # nothing for Fire
     parser = ConfigParser()
-    parser.read_config(ConfigParser.load_config_files(files))
+    parser.read_config(ConfigParser.load_config_files(json.loads(flags["--config_file"])))
     for key, value in override.items():
         assert parser[key] == value and type(parser[key]) is type(value), key
     from common.networks import count_parameters  # and the network built is the full width
